@@ -1,0 +1,133 @@
+"""Tests for uvimx.input_pipeline on synthetic_scenes/tiny."""
+import itertools
+
+import numpy as np
+import pytest
+
+from uvimx import input_pipeline
+
+TINY = "synthetic_scenes/tiny"
+NUM_VAL = 24  # tiny's validation split.
+IDS_PP = "decode|keep('image', 'image/id')"
+
+
+def _input_config(data_dir, **overrides):
+  return {"data": dict(name=TINY, split="train", data_dir=data_dir),
+          "pp": IDS_PP, "batch_size": 8, "shuffle_buffer_size": 16,
+          **overrides}
+
+
+def _train_ids(ds, num_batches):
+  batches = itertools.islice(ds.as_numpy_iterator(), num_batches)
+  return np.concatenate([b["image/id"] for b in batches])
+
+
+def test_training_batches_shapes_and_dtypes(tfds_data_dir):
+  ds, num_examples = input_pipeline.training(_input_config(tfds_data_dir))
+  batch = next(ds.as_numpy_iterator())
+  assert num_examples == 48
+  assert set(batch) == {"image", "image/id"}
+  assert batch["image"].shape == (8, 64, 64, 3)
+  assert batch["image"].dtype == np.uint8
+
+
+def test_training_repeats_and_visits_every_example_each_epoch(tfds_data_dir):
+  # With a buffer as large as the split, each epoch is a permutation.
+  ds, _ = input_pipeline.training(
+      _input_config(tfds_data_dir, shuffle_buffer_size=48))
+  ids = _train_ids(ds, 12)  # two epochs of 48 at batch 8.
+  assert sorted(ids[:48]) == sorted(ids[48:]) == sorted(set(ids))
+  assert len(set(ids)) == 48
+
+
+def test_training_order_is_seeded(tfds_data_dir):
+  config = _input_config(tfds_data_dir)
+  first = _train_ids(input_pipeline.training(config, seed=3)[0], 4)
+  again = _train_ids(input_pipeline.training(config, seed=3)[0], 4)
+  other = _train_ids(input_pipeline.training(config, seed=4)[0], 4)
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def test_training_shards_split_over_processes(tfds_data_dir):
+  config = _input_config(tfds_data_dir, shuffle_buffer_size=24)
+  shards = []
+  for index in range(2):
+    ds, _ = input_pipeline.training(config, process_index=index,
+                                    process_count=2)
+    ids = _train_ids(ds, 6)  # one epoch of a 24-example shard at batch 4.
+    assert len(ids) == 24 and len(set(ids)) == 24
+    shards.append(set(ids))
+  assert not shards[0] & shards[1]
+  assert len(shards[0] | shards[1]) == 48
+
+
+def test_training_rejects_indivisible_batch(tfds_data_dir):
+  with pytest.raises(ValueError, match="not divisible"):
+    input_pipeline.training(_input_config(tfds_data_dir, batch_size=9),
+                            process_index=0, process_count=2)
+
+
+def _eval_batches(data_dir, batch_size, **kwargs):
+  data = dict(name=TINY, split="validation", data_dir=data_dir)
+  ds, num_batches = input_pipeline.evaluation(data, IDS_PP, batch_size,
+                                              **kwargs)
+  batches = list(ds.as_numpy_iterator())
+  assert len(batches) == num_batches
+  return batches
+
+
+def test_evaluation_covers_split_once_and_masks_padding(tfds_data_dir):
+  batches = _eval_batches(tfds_data_dir, 10)
+  assert len(batches) == 3  # ceil(24 / 10)
+  assert all(b["image"].shape == (10, 64, 64, 3) for b in batches)
+  mask = np.concatenate([b["_mask"] for b in batches])
+  ids = np.concatenate([b["image/id"] for b in batches])
+  images = np.concatenate([b["image"] for b in batches])
+  np.testing.assert_array_equal(mask, [True] * NUM_VAL + [False] * 6)
+  assert len(set(ids[mask])) == NUM_VAL
+  assert not images[~mask].any() and not ids[~mask].any()
+  # Evaluation order is the split's order: a second pass is identical.
+  again = np.concatenate([b["image/id"] for b in _eval_batches(
+      tfds_data_dir, 10)])
+  np.testing.assert_array_equal(ids, again)
+
+
+def test_evaluation_shards_pad_to_the_same_number_of_batches(tfds_data_dir):
+  per_process = [
+      _eval_batches(tfds_data_dir, 10, process_index=i, process_count=2)
+      for i in range(2)]
+  real = []
+  for batches in per_process:
+    assert len(batches) == 3  # ceil(12 / 5) on both processes.
+    mask = np.concatenate([b["_mask"] for b in batches])
+    assert mask.sum() == 12
+    real.append(set(np.concatenate([b["image/id"] for b in batches])[mask]))
+  assert not real[0] & real[1]
+  assert len(real[0] | real[1]) == NUM_VAL
+
+
+def test_unknown_dataset_names_the_dataset(tmp_path):
+  with pytest.raises(ValueError, match="no_such_dataset.*synthetic_scenes"):
+    input_pipeline.get_builder("no_such_dataset", data_dir=str(tmp_path))
+
+
+def test_unprepared_dataset_says_where_and_how(tmp_path):
+  with pytest.raises(FileNotFoundError) as e:
+    input_pipeline.get_builder("mnist", data_dir=str(tmp_path))
+  message = str(e.value)
+  assert "'mnist'" in message
+  assert str(tmp_path) in message
+  assert "tfds build mnist" in message
+
+
+def test_unknown_split_lists_the_splits(tfds_data_dir):
+  data = dict(name=TINY, split="trian", data_dir=tfds_data_dir)
+  with pytest.raises(ValueError, match="trian.*validation"):
+    input_pipeline.evaluation(data, IDS_PP, 8)
+
+
+def test_synthetic_scenes_is_built_on_first_use(tmp_path):
+  builder = input_pipeline.get_builder(TINY, data_dir=str(tmp_path))
+  assert builder.is_prepared()
+  assert builder.info.splits["validation"].num_examples == NUM_VAL

@@ -1,0 +1,2 @@
+"""TFDS datasets of uvimx; importing this package registers their builders."""
+from uvimx.datasets import synthetic_scenes

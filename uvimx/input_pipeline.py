@@ -1,0 +1,190 @@
+"""TFDS -> pp -> batch -> prefetch, for training and for evaluation.
+
+Data is described by a config dict, as in big_vision:
+
+  config.input.data = dict(name="synthetic_scenes/64x64", split="train",
+                           data_dir=None)   # None: $TFDS_DATA_DIR or ~/...
+  config.input.pp = "decode|resize(64)|value_range(-1, 1)|keep('image')"
+  config.input.batch_size = 64              # global, over all processes
+  config.input.shuffle_buffer_size = 10_000
+  config.input.cache_raw = False            # cache decoded TFDS records
+  config.input.skip_decode = ("image",)     # left encoded for the `decode` op
+
+Every process reads its own 1/process_count of the split (multi-host), so
+batch sizes here are global and each process yields `batch_size //
+process_count` examples per batch. Both entry points return a `tf.data`
+pipeline of host-local batches; iterate `ds.as_numpy_iterator()` to get dicts
+of numpy arrays. TensorFlow is only used here and in `pp/`: models and train
+steps never import it.
+"""
+import math
+import os
+
+from absl import logging
+import jax
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import pp.builder
+import uvimx.datasets  # pylint: disable=unused-import  (registers builders)
+
+# TF must not grab accelerator memory: JAX owns the devices, TF only feeds it.
+tf.config.set_visible_devices([], "GPU")
+
+
+def get_builder(name, data_dir=None):
+  """Returns a prepared TFDS builder, building uvimx's own datasets on demand.
+
+  Args:
+    name: TFDS name with optional config, e.g. "synthetic_scenes/tiny".
+    data_dir: TFDS data dir; None means $TFDS_DATA_DIR, else TFDS' default.
+
+  Raises:
+    ValueError: the name is not a TFDS dataset.
+    FileNotFoundError: the dataset needs data that is not in `data_dir`.
+  """
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"Unknown TFDS dataset {name!r} (config.input.data.name). uvimx's "
+        "built-in dataset is 'synthetic_scenes' (configs 64x64, 128x128, "
+        f"tiny); TFDS said: {str(e).splitlines()[0]}") from None
+  if builder.is_prepared():
+    return builder
+  # uvimx's own builders render their data and download nothing: building
+  # them on first use keeps "train on synthetic_scenes" a single command.
+  if type(builder).__module__.startswith("uvimx.datasets"):
+    logging.info("Building %s in %s (first use).", name, builder.data_dir)
+    builder.download_and_prepare()
+    return builder
+  raise FileNotFoundError(
+      f"Dataset {name!r} is not prepared in the TFDS data dir "
+      f"{builder.data_dir_root!r}. Prepare it once with `tfds build {name} "
+      f"--data_dir={builder.data_dir_root}` (on a machine with the raw data "
+      "or internet access; manually downloaded files go to "
+      f"{os.path.join(builder.data_dir_root, 'downloads', 'manual')}), or "
+      "point config.input.data.data_dir (or $TFDS_DATA_DIR) to a dir that "
+      "holds it.")
+
+
+def _process_split(builder, split, process_index, process_count):
+  """This process's even share of `split` and its number of examples."""
+  shards = tfds.even_splits(split, n=process_count)
+  try:
+    sizes = [builder.info.splits[s].num_examples for s in shards]
+  except (KeyError, ValueError) as e:
+    raise ValueError(
+        f"Bad split {split!r} for {builder.info.full_name} (config "
+        f"...data.split); its splits are {sorted(builder.info.splits)}. "
+        f"TFDS said: {e}") from None
+  if min(sizes) == 0:
+    raise ValueError(
+        f"Split {split!r} of {builder.info.full_name} has too few examples "
+        f"({sum(sizes)}) for {process_count} processes: every process needs "
+        "at least one.")
+  return shards[process_index], sizes
+
+
+def _read(data, *, process_index, process_count, shuffle_files, skip_decode,
+          seed=None):
+  """Reads this process's shard of a split; returns (dataset, all sizes)."""
+  builder = get_builder(data["name"], data.get("data_dir"))
+  split, sizes = _process_split(
+      builder, data["split"], process_index, process_count)
+  decoders = {k: tfds.decode.SkipDecoding()
+              for k in skip_decode if k in builder.info.features}
+  ds = builder.as_dataset(
+      split=split, shuffle_files=shuffle_files, decoders=decoders,
+      read_config=tfds.ReadConfig(shuffle_seed=seed,
+                                  skip_prefetch=True))
+  return ds, sizes
+
+
+def _options():
+  options = tf.data.Options()
+  # pp ops are small: parallelism across examples beats parallelism inside one.
+  options.threading.max_intra_op_parallelism = 1
+  options.deterministic = True
+  return options
+
+
+def _local_batch_size(batch_size, process_count):
+  if batch_size % process_count:
+    raise ValueError(
+        f"Global batch size {batch_size} is not divisible by the number of "
+        f"processes ({process_count}).")
+  return batch_size // process_count
+
+
+def training(input_config, *, seed=0, process_index=None, process_count=None):
+  """The training pipeline: shuffled, repeated, preprocessed, batched.
+
+  Args:
+    input_config: `config.input` (see module docstring).
+    seed: seeds file and buffer shuffling, so a run's order is reproducible.
+    process_index: this process (default `jax.process_index()`).
+    process_count: all processes (default `jax.process_count()`).
+
+  Returns:
+    (dataset of host-local batches that drops the remainder, number of
+    examples in the whole split).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch = _local_batch_size(input_config["batch_size"], process_count)
+  ds, sizes = _read(
+      input_config["data"], process_index=process_index,
+      process_count=process_count, shuffle_files=True, seed=seed,
+      skip_decode=input_config.get("skip_decode", ("image",)))
+  if input_config.get("cache_raw", False):
+    ds = ds.cache()
+  # Shuffling before repeating keeps epochs apart: every example is seen once
+  # per epoch, in a new order each epoch.
+  ds = ds.shuffle(input_config.get("shuffle_buffer_size", 10_000), seed=seed)
+  ds = ds.repeat()
+  ds = ds.map(pp.builder.get_preprocess_fn(input_config["pp"]),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.prefetch(input_config.get("prefetch", 2))
+  return ds.with_options(_options()), sum(sizes)
+
+
+def evaluation(data, pp_str, batch_size, *, cache=False,
+               skip_decode=("image",), process_index=None, process_count=None):
+  """The evaluation pipeline: every example of the split exactly once.
+
+  Each process reads its shard in order. All processes yield the same number
+  of batches (collectives need that), so shards are padded with all-zero
+  examples up to `num_batches * local_batch`; the boolean key `_mask` is True
+  for real examples and False for padding.
+
+  Args:
+    data: dict(name=..., split=..., data_dir=...).
+    pp_str: the pp pipe string; it must give fixed shapes (they are batched).
+    batch_size: global batch size.
+    cache: cache preprocessed examples (for evaluators that run often).
+    skip_decode: features left encoded for the pp `decode` op.
+    process_index: this process (default `jax.process_index()`).
+    process_count: all processes (default `jax.process_count()`).
+
+  Returns:
+    (dataset of host-local batches, number of batches per process).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch = _local_batch_size(batch_size, process_count)
+  ds, sizes = _read(data, process_index=process_index,
+                    process_count=process_count, shuffle_files=False,
+                    skip_decode=skip_decode)
+  num_batches = math.ceil(max(sizes) / local_batch)
+  preprocess = pp.builder.get_preprocess_fn(pp_str)
+  ds = ds.map(lambda x: {**preprocess(x), "_mask": tf.constant(True)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    ds = ds.cache()
+  padding = ds.take(1).map(
+      lambda x: tf.nest.map_structure(tf.zeros_like, x)).repeat()
+  ds = ds.concatenate(padding).take(num_batches * local_batch)
+  ds = ds.batch(local_batch).prefetch(2)
+  return ds.with_options(_options()), num_batches
