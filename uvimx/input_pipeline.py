@@ -29,7 +29,12 @@ import pp.builder
 import uvimx.datasets  # pylint: disable=unused-import  (registers builders)
 
 # TF must not grab accelerator memory: JAX owns the devices, TF only feeds it.
-tf.config.set_visible_devices([], "GPU")
+# (tensorflow-cpu sees no GPU anyway; this matters with a full TF install.)
+try:
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF already initialised its devices: too late to hide.
+  logging.warning("TensorFlow initialised its GPUs before uvimx.input_pipeline"
+                  " was imported; it may hold accelerator memory JAX needs.")
 
 
 def get_builder(name, data_dir=None):
