@@ -51,7 +51,8 @@ def get_coco_panoptic():
 
 
 @registry.register("make_canonical")
-@utils.inkey_outkey(indefault="instances", outdefault="instances")
+@utils.inkey_outkey(indefault="instances", outdefault="instances",
+                    with_data=True)
 def get_make_canonical(random=False):
   """Renumbers the positive instance ids 1..N in a canonical order.
 
@@ -66,7 +67,7 @@ def get_make_canonical(random=False):
   Returns:
     The op, on an integer HxW or HxWx1 map; the dtype is kept.
   """
-  def _make_canonical(instances):
+  def _make_canonical(instances, data):
     if utils.with_channel_axis(instances).shape[-1] != 1:
       raise ValueError(f"Expected an HxW or HxWx1 map, got {instances.shape}.")
     ids_map = tf.cast(instances, tf.int32)
@@ -75,7 +76,8 @@ def get_make_canonical(random=False):
     ids, segment = tf.unique(flat)
     n = tf.shape(ids)[0]
     if random:
-      key = tf.random.uniform([n], dtype=tf.float64)
+      key = tf.random.stateless_uniform(
+          [n], utils.op_seed(data, "make_canonical"), dtype=tf.float64)
     else:
       pixel = tf.range(tf.shape(flat)[0])
       cy = tf.math.unsorted_segment_mean(

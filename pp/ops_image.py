@@ -122,11 +122,13 @@ def get_central_crop(size):
 
 
 @registry.register("random_crop")
-@utils.inkey_outkey()
+@utils.inkey_outkey(with_data=True)
 def get_random_crop(size):
   """Crops a uniformly random `size` (int or (height, width)) region.
 
-  To crop several keys identically use `inception_box` + `crop_box`.
+  The offset is drawn from the example's seed (see `utils.op_seed`), so keys of
+  one size are cropped identically; for keys of different sizes use
+  `inception_box` + `crop_box`.
 
   Args:
     size: the crop size, at most the input size.
@@ -136,10 +138,13 @@ def get_random_crop(size):
   """
   height, width = utils.maybe_repeat(size, 2)
 
-  def _random_crop(x):
+  def _random_crop(x, data):
     shape = tf.shape(x)
-    top = tf.random.uniform([], 0, shape[0] - height + 1, tf.int32)
-    left = tf.random.uniform([], 0, shape[1] - width + 1, tf.int32)
+    # Uniform offsets in [0, size - crop]: floor of a uniform in [0, 1) times
+    # the number of positions.
+    positions = tf.cast(shape[:2] - [height, width] + 1, tf.float32)
+    u = tf.random.stateless_uniform([2], utils.op_seed(data, "random_crop"))
+    top, left = tf.unstack(tf.cast(tf.floor(u * positions), tf.int32))
     return _crop(x, top, left, height, width)
   return _random_crop
 
@@ -162,8 +167,9 @@ def get_inception_box(area=(0.05, 1.0), aspect=(0.75, 1.33), outkey="box",
   """
   def _inception_box(data):
     shape = tf.shape(utils.with_channel_axis(data[inkey]))
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.zeros([1, 0, 4]), area_range=area,
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.zeros([1, 0, 4]),
+        seed=utils.op_seed(data, f"inception_box/{outkey}"), area_range=area,
         aspect_ratio_range=aspect, min_object_covered=0.0,
         use_image_if_no_bounding_boxes=True)
     hw = tf.cast(tf.concat([shape[:2], shape[:2]], 0), tf.float32)
@@ -201,7 +207,8 @@ def get_crop_box(boxkey="box"):
 def get_randu(key):
   """Stores a uniform random float32 scalar in [0, 1) in `data[key]`."""
   def _randu(data):
-    data[key] = tf.random.uniform([])
+    data[key] = tf.random.stateless_uniform(
+        [], utils.op_seed(data, f"randu/{key}"))
     return data
   return _randu
 

@@ -1,6 +1,7 @@
 """Helpers shared by the pp ops: the key/inkey/outkey decorator and decoding."""
 import functools
 import inspect
+import zlib
 
 import tensorflow as tf
 
@@ -62,6 +63,36 @@ def inkey_outkey(indefault="image", outdefault="image", with_data=False):
         params[:at] + keys + params[at:])
     return get_dict_fn
   return decorator
+
+
+# Key of the per-example stateless RNG seed (int (2,)) that the training input
+# pipeline adds to every example before preprocessing.
+SEED_KEY = "_seed"
+
+
+def op_seed(data, name):
+  """The stateless RNG seed of random op `name` on this example.
+
+  Random ops draw from `tf.random.stateless_*` with a seed derived from the
+  example's `data[SEED_KEY]` and the op's name, so an augmentation is a
+  function of (run seed, position of the example in the stream): a resumed
+  training run sees exactly the augmentations of an uninterrupted one, however
+  many threads preprocess in parallel. Without a seed in `data` (eager use,
+  notebooks) a fresh random one is drawn.
+
+  Args:
+    data: the example dict.
+    name: tells apart the random ops of one pipe, e.g. "randu/fliplr".
+
+  Returns:
+    An int32 (2,) seed.
+  """
+  if SEED_KEY in data:
+    seed = data[SEED_KEY]
+  else:
+    seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+  salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
+  return tf.random.experimental.stateless_fold_in(seed, salt)
 
 
 def with_channel_axis(x):

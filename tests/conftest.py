@@ -2,6 +2,11 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Eight CPU devices for the whole session, so sharded train steps (data=8,
+# data=2 x fsdp=4) run on a machine without accelerators. Must be set before
+# JAX initialises its backend.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8")
 
 import pytest
 

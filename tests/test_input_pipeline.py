@@ -131,3 +131,19 @@ def test_synthetic_scenes_is_built_on_first_use(tmp_path):
   builder = input_pipeline.get_builder(TINY, data_dir=str(tmp_path))
   assert builder.is_prepared()
   assert builder.info.splits["validation"].num_examples == NUM_VAL
+
+
+def test_start_step_resumes_the_exact_stream_with_augmentations(
+    tfds_data_dir):
+  config = _input_config(
+      tfds_data_dir,
+      pp="decode|inception_box|crop_box(key='image')|randu('fliplr')|"
+         "det_fliplr(key='image')|resize(16)|keep('image', 'image/id')")
+  fresh = itertools.islice(
+      input_pipeline.training(config, seed=5)[0].as_numpy_iterator(), 9)
+  fresh = list(fresh)[7:]
+  resumed = list(itertools.islice(input_pipeline.training(
+      config, seed=5, start_step=7)[0].as_numpy_iterator(), 2))
+  for a, b in zip(fresh, resumed):
+    np.testing.assert_array_equal(a["image/id"], b["image/id"])
+    np.testing.assert_array_equal(a["image"], b["image"])

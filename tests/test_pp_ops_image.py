@@ -179,3 +179,22 @@ def test_rgb_to_grayscale_to_rgb():
   out = _run("rgb_to_grayscale_to_rgb", image=gray)["image"]
   assert out.dtype == tf.uint8
   np.testing.assert_array_equal(out, gray)
+
+
+def test_random_ops_are_functions_of_the_example_seed():
+  pipe = builder.get_preprocess_fn(
+      "randu('u')|inception_box|crop_box(key='image')|"
+      "random_crop(3, key='labels')|make_canonical(random=True, key='ids')")
+  ids = np.array([[1, 2, 3, 4, 5, 6, 7, 8]], np.int32)
+
+  def run(seed):
+    out = pipe({"image": _image(16, 16), "labels": LABELS, "ids": ids,
+                "_seed": np.array(seed, np.int64)})
+    return {k: out[k].numpy() for k in ("u", "box", "image", "labels", "ids")}
+
+  first, again, other = run([3, 4]), run([3, 4]), run([3, 5])
+  for key in first:
+    np.testing.assert_array_equal(first[key], again[key])
+  assert all(not np.array_equal(first[k], other[k]) for k in ("u", "box"))
+  # Still a permutation of the positive ids.
+  np.testing.assert_array_equal(np.sort(first["ids"][0]), np.arange(1, 9))

@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import pp.builder
+import pp.utils
 import uvimx.datasets  # pylint: disable=unused-import  (registers builders)
 
 # TF must not grab accelerator memory: JAX owns the devices, TF only feeds it.
@@ -122,12 +123,20 @@ def _local_batch_size(batch_size, process_count):
   return batch_size // process_count
 
 
-def training(input_config, *, seed=0, process_index=None, process_count=None):
+def training(input_config, *, seed=0, start_step=0, process_index=None,
+             process_count=None):
   """The training pipeline: shuffled, repeated, preprocessed, batched.
+
+  The stream is a function of `seed` alone: the shuffles are seeded, and every
+  example gets its own stateless RNG seed (`pp.utils.SEED_KEY`) for the
+  random pp ops. So `start_step=s` yields exactly the batches s, s+1, ... of
+  a fresh pipeline, which is how a resumed run sees the data an uninterrupted
+  one would; the skipped examples are not preprocessed.
 
   Args:
     input_config: `config.input` (see module docstring).
-    seed: seeds file and buffer shuffling, so a run's order is reproducible.
+    seed: seeds the shuffles and the augmentations.
+    start_step: the number of batches to skip.
     process_index: this process (default `jax.process_index()`).
     process_count: all processes (default `jax.process_count()`).
 
@@ -148,8 +157,16 @@ def training(input_config, *, seed=0, process_index=None, process_count=None):
   # per epoch, in a new order each epoch.
   ds = ds.shuffle(input_config.get("shuffle_buffer_size", 10_000), seed=seed)
   ds = ds.repeat()
-  ds = ds.map(pp.builder.get_preprocess_fn(input_config["pp"]),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  example_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+  ds = tf.data.Dataset.zip(ds, example_seeds)
+  ds = ds.skip(start_step * local_batch)
+  preprocess = pp.builder.get_preprocess_fn(input_config["pp"])
+
+  def _preprocess(example, example_seed):
+    data = preprocess({**example, pp.utils.SEED_KEY: example_seed})
+    data.pop(pp.utils.SEED_KEY, None)
+    return data
+  ds = ds.map(_preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(input_config.get("prefetch", 2))
   return ds.with_options(_options()), sum(sizes)

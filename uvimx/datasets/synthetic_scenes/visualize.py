@@ -18,13 +18,6 @@ import tensorflow_datasets as tfds
 from uvimx.datasets.synthetic_scenes import render
 from uvimx.datasets.synthetic_scenes import synthetic_scenes
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-_CONFIG = flags.DEFINE_string("config", "64x64", "Builder config name.")
-_SPLIT = flags.DEFINE_string("split", "validation", "Split to read.")
-_NUM = flags.DEFINE_integer("num", 6, "Number of examples (rows).")
-_OUT = flags.DEFINE_string("out", "grid.png", "Output PNG path.")
-_TILE = flags.DEFINE_integer("tile", 128, "Minimum tile size in pixels.")
-
 COLUMNS = ("image", "depth", "normals", "semantics", "instances", "boundaries",
            "panoptic")
 # Anchors of a perceptually ordered dark-blue -> teal -> yellow colour map.
@@ -84,12 +77,21 @@ def grid(examples, tile):
 
 def main(argv):
   del argv
-  builder = synthetic_scenes.SyntheticScenes(config=_CONFIG.value,
-                                             data_dir=_DATA_DIR.value)
+  f = flags.FLAGS
+  builder = synthetic_scenes.SyntheticScenes(config=f.config,
+                                             data_dir=f.data_dir)
   builder.download_and_prepare()
-  dataset = builder.as_dataset(split=f"{_SPLIT.value}[:{_NUM.value}]")
-  grid(list(tfds.as_numpy(dataset)), _TILE.value).save(_OUT.value)
+  dataset = builder.as_dataset(split=f"{f.split}[:{f.num}]")
+  grid(list(tfds.as_numpy(dataset)), f.tile).save(f.out)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: notebooks and tests import `grid` next to
+  # other programs' flags (train.py also has --config).
+  flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+  flags.DEFINE_string("config", "64x64", "Builder config name.")
+  flags.DEFINE_string("split", "validation", "Split to read.")
+  flags.DEFINE_integer("num", 6, "Number of examples (rows).")
+  flags.DEFINE_string("out", "grid.png", "Output PNG path.")
+  flags.DEFINE_integer("tile", 128, "Minimum tile size in pixels.")
   app.run(main)

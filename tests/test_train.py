@@ -1,0 +1,181 @@
+"""End-to-end tests of train.py on synthetic_scenes/tiny (8 CPU devices)."""
+import functools
+import glob
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import synthetic_baseline
+from uvimx import optim
+from uvimx import sharding
+from uvimx import trainers
+import train
+
+REPO = pathlib.Path(__file__).parent.parent
+
+
+def smoke_config(data_dir, **overrides):
+  config = synthetic_baseline.get_config("smoke")
+  config.input.data.data_dir = data_dir
+  for evaluator in config.evals.values():
+    evaluator.data.data_dir = data_dir
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints")
+                .iterdir() if p.name.isdigit())
+
+
+def scalars(workdir, tag):
+  """{step: value} of a TensorBoard scalar written by the run."""
+  values = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = float(tf.make_ndarray(value.tensor))
+  return values
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a),
+               jax.device_get(b))
+
+
+def test_resume_after_sigterm_equals_uninterrupted_run(tfds_data_dir,
+                                                       tmp_path):
+  total = 40
+  config = smoke_config(tfds_data_dir, total_steps=total, checkpoint_steps=0,
+                        log_training_steps=1)
+  config.evals.val.log_steps = 0  # Only at the end: keeps the test fast.
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+
+  # A real preemption: SIGTERM to a running `python train.py` once it has
+  # logged step 3; it must checkpoint the step it is in and exit with 0.
+  workdir = str(tmp_path / "b")
+  process = subprocess.Popen(
+      [sys.executable, "train.py", "--config",
+       "configs/synthetic_baseline.py:smoke", "--workdir", workdir,
+       f"--config.total_steps={total}", "--config.checkpoint_steps=0",
+       "--config.log_training_steps=1", "--config.evals.val.log_steps=0"],
+      cwd=REPO, stderr=subprocess.PIPE, text=True,
+      env={**os.environ, "TFDS_DATA_DIR": tfds_data_dir})
+  for line in process.stderr:
+    if f"step 3/{total}" in line:
+      process.send_signal(signal.SIGTERM)
+      break
+  process.stderr.read()
+  assert process.wait(timeout=120) == 0
+  stopped, = checkpoint_steps(workdir)
+  assert 3 <= stopped < total
+
+  resumed = train.train_and_evaluate(config, workdir)
+  assert checkpoint_steps(workdir) == [total]
+  for key in ("params", "opt", "state"):
+    assert_trees_equal(resumed[key], uninterrupted[key])
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tfds_data_dir,
+                                                      tmp_path):
+  workdir = str(tmp_path)
+  config = smoke_config(tfds_data_dir, total_steps=3, evals={})
+  good = train.train_and_evaluate(config, workdir)
+  # Continue on images made NaN by a 0/0 value range: step 4 has a NaN loss.
+  config.total_steps = 5
+  config.input.pp = config.input.pp.replace(
+      "value_range(-1, 1)", "value_range(-1, 1, in_min=0, in_max=0)")
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"nan at step 4.*last checkpoint \(3\) is intact"):
+    train.train_and_evaluate(config, workdir)
+  assert checkpoint_steps(workdir) == [3]
+  # The checkpoint still holds the good parameters (a resume restores them).
+  config.input.pp = synthetic_baseline.get_config("smoke").input.pp
+  config.total_steps = 3
+  assert_trees_equal(train.train_and_evaluate(config, workdir)["params"],
+                     good["params"])
+
+
+def test_total_steps_zero_evaluates_model_init(tfds_data_dir, tmp_path):
+  trained = train.train_and_evaluate(
+      smoke_config(tfds_data_dir, total_steps=3), str(tmp_path / "train"))
+  workdir = str(tmp_path / "eval")
+  config = smoke_config(
+      tfds_data_dir, total_steps=0,
+      model_init=str(tmp_path / "train" / "checkpoints" / "3"))
+  evaluated = train.train_and_evaluate(config, workdir)
+  assert_trees_equal(evaluated["params"], trained["params"])
+  miou = scalars(workdir, "val/miou")
+  assert list(miou) == [0] and 0 <= miou[0] <= 100
+  assert not (pathlib.Path(workdir) / "checkpoints").exists() or (
+      checkpoint_steps(workdir) == [])
+
+
+def test_missing_model_init_is_a_clear_error(tfds_data_dir, tmp_path):
+  config = smoke_config(tfds_data_dir, total_steps=0,
+                        model_init=str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="not a uvimx checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path / "wd"))
+
+
+@pytest.fixture(scope="module")
+def one_step_setup(tfds_data_dir):
+  """The smoke model, its optimizer and one real training batch."""
+  config = smoke_config(tfds_data_dir)
+  trainer = trainers.get_trainer(config)
+  from uvimx import input_pipeline  # pylint: disable=g-import-not-at-top
+  ds, _ = input_pipeline.training(config.input, seed=0)
+  batch = next(ds.as_numpy_iterator())
+  tx, _ = optim.make(config, jax.eval_shape(
+      trainer.init, jax.random.key(0), batch)["params"], total_steps=10)
+  init = functools.partial(train.init_train_state, trainer, tx,
+                           batch_spec=batch, train_rng=jax.random.key(1))
+  return trainer, tx, init, batch
+
+
+def _two_steps(one_step_setup, mesh, rules):
+  trainer, tx, init, batch = one_step_setup
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.infer_shardings(shapes, mesh, rules, fsdp_min_size=256)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  step_fn = jax.jit(
+      train.make_train_step(trainer, tx),
+      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+      out_shardings=(shardings, sharding.replicated(mesh)))
+  losses = []
+  for step in (1, 2):
+    state, measurements = step_fn(state, sharding.put_batch(batch, mesh), step)
+    losses.append(float(measurements["loss"]))
+  return state, losses
+
+
+@pytest.mark.parametrize("mesh_config, rules", [
+    ([("data", 8)], [(".*", "replicate")]),
+    ([("data", 2), ("fsdp", 4)], [("params/.*", "fsdp"), ("opt/.*", "fsdp")]),
+])
+def test_sharded_train_steps_match_one_device(one_step_setup, mesh_config,
+                                              rules):
+  one = sharding.make_mesh([("data", 1)], devices=jax.devices()[:1])
+  reference, reference_losses = _two_steps(one_step_setup, one,
+                                           [(".*", "replicate")])
+  state, losses = _two_steps(one_step_setup, sharding.make_mesh(mesh_config),
+                             rules)
+  np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                 atol=1e-6),
+               jax.device_get(state["params"]),
+               jax.device_get(reference["params"]))
+  if "fsdp" in dict(mesh_config):
+    kernel = state["params"]["encoder"]["encoderblock_0"]["MlpBlock_0"][
+        "Dense_0"]["kernel"]
+    assert "fsdp" in kernel.sharding.spec
+    assert kernel.addressable_shards[0].data.size == kernel.size // 4

@@ -1,0 +1,275 @@
+r"""Trains and evaluates a uvimx model: the one entry point.
+
+  python train.py --config configs/synthetic_baseline.py:semseg \
+      --workdir /tmp/semseg [--config.lr=1e-3 ...]
+
+`config.trainer` names a module of uvimx/trainers/ that says what is model
+specific (see uvimx/trainers/__init__.py); everything else is here, top to
+bottom: mesh, data, train state, checkpoints, the jitted train step, the loop
+with logging and evaluation. A workdir that holds a checkpoint is resumed;
+SIGTERM (preemption) checkpoints and exits with status 0.
+"""
+import functools
+import signal
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from evaluators import common as evaluators_common
+from uvimx import checkpoint
+from uvimx import input_pipeline
+from uvimx import optim
+from uvimx import sharding
+from uvimx import trainers
+from uvimx import utils
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/synthetic_baseline.py:semseg.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and TensorBoard logs.")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+def init_train_state(trainer, tx, rng, *, batch_spec, train_rng):
+  """A fresh train state: {"params", "state", "opt", "rng"}.
+
+  Args:
+    trainer: the model family's Trainer.
+    tx: the optax transformation.
+    rng: initialises the model.
+    batch_spec: a batch of the training shapes (batch size 1 will do).
+    train_rng: the key the train steps fold their step number into.
+
+  Returns:
+    The train state.
+  """
+  variables = trainer.init(rng, batch_spec)
+  return {"params": variables["params"],
+          "state": variables.get("state", {}),
+          "opt": tx.init(variables["params"]),
+          "rng": jax.random.key_data(train_rng)}
+
+
+def make_train_step(trainer, tx):
+  """The update: one optimizer step on one global batch.
+
+  A step whose loss is not finite changes nothing (the train state passes
+  through) and reports `nonfinite`; the loop turns that into an error naming
+  the step, so no NaN ever reaches the parameters or a checkpoint.
+
+  Args:
+    trainer: the model family's Trainer.
+    tx: the optax transformation.
+
+  Returns:
+    `train_step(train_state, batch, step) -> (train_state, measurements)`.
+  """
+  def train_step(train_state, batch, step):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(train_state["rng"]), step)
+    grad_fn = jax.value_and_grad(trainer.loss, has_aux=True)
+    (loss, (model_state, measurements)), grads = grad_fn(
+        train_state["params"], train_state["state"], batch, rng)
+    updates, opt = tx.update(grads, train_state["opt"], train_state["params"])
+    params = optax.apply_updates(train_state["params"], updates)
+    new_state = dict(train_state, params=params, opt=opt, state=model_state)
+    finite = jnp.isfinite(loss)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             new_state, train_state)
+    measurements = dict(measurements, loss=loss,
+                        grad_norm=optax.global_norm(grads),
+                        nonfinite=jnp.logical_not(finite))
+    return new_state, measurements
+  return train_step
+
+
+def _batch_spec(dataset):
+  """Zeros shaped like one training example with a batch axis of 1."""
+  return jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype.as_numpy_dtype),
+                      dataset.element_spec)
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+def _raise_if_nonfinite(history, last_checkpoint):
+  """Raises naming the first step whose loss was NaN/inf, if any."""
+  for step, measurements in history:
+    if bool(measurements["nonfinite"]):
+      raise NonFiniteLossError(
+          f"The training loss is {float(measurements['loss'])} at step {step}. "
+          "Training stopped; no parameter was updated with it, and the last "
+          f"checkpoint ({last_checkpoint}) is intact. Lower config.lr, set "
+          "config.grad_clip_norm, or check the input data.")
+
+
+def _log_training(writer, step, history, *, total_steps, batch_size, lr,
+                  seconds):
+  """One console line and TensorBoard scalars for the steps in `history`."""
+  means = {k: float(np.mean([m[k] for _, m in history]))
+           for k in history[-1][1] if k != "nonfinite"}
+  steps_per_s = len(history) / seconds
+  eta = (total_steps - step) / steps_per_s
+  logging.info(
+      "step %d/%d  loss %.4f  %.2f steps/s  %.1f images/s  lr %.3g  ETA %s",
+      step, total_steps, means["loss"], steps_per_s, steps_per_s * batch_size,
+      lr, time.strftime("%H:%M:%S", time.gmtime(eta)))
+  writer.write_scalars(step, {
+      **{f"train/{k}": v for k, v in means.items()},
+      "train/lr": lr, "train/steps_per_s": steps_per_s,
+      "train/images_per_s": steps_per_s * batch_size})
+
+
+def _variables(train_state):
+  """What predict fns take: the model's params and state."""
+  return {"params": train_state["params"], "state": train_state["state"]}
+
+
+def _evaluate(writer, step, evals, variables):
+  for scheduled in evals:
+    start = time.perf_counter()
+    metrics = {f"{scheduled.prefix}{name}": value
+               for name, value in scheduled.evaluator.run(variables)}
+    logging.info("step %d  %s (%.1fs): %s", step, scheduled.name,
+                 time.perf_counter() - start,
+                 ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    writer.write_scalars(step, metrics)
+
+
+def train_and_evaluate(config, workdir):
+  """Runs (or resumes) training and evaluation as `config` says."""
+  mesh = sharding.make_mesh(config.get("mesh", [("data", -1)]))
+  trainer = trainers.get_trainer(config)
+  # TensorBoard event files; the console gets one concise line per log step.
+  writer = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+            if jax.process_index() == 0 else metric_writers.MultiWriter([]))
+  mngr = checkpoint.manager(workdir, config)
+  start_step = mngr.latest_step() or 0
+
+  # The data stream is a function of the seed, so a resumed run skips the
+  # batches it has already trained on and sees what an uninterrupted one would.
+  train_ds, num_train = input_pipeline.training(
+      config.input, seed=config.seed, start_step=start_step)
+  batch_size = config.input.batch_size
+  # Steps are counted in updates; `*_epochs` are converted with the split size.
+  total_steps = utils.steps("total", config, num_train, batch_size)
+  steps = functools.partial(utils.steps, config=config, data_size=num_train,
+                            batch_size=batch_size, total_steps=total_steps)
+  log_steps = steps("log_training", default=50)
+  checkpoint_steps = steps("checkpoint", default=0)
+
+  # The train state is built from shapes first: the optimizer, the shardings
+  # and the checkpoint restore all need only those.
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  batch_spec = _batch_spec(train_ds)
+  variable_shapes = jax.eval_shape(trainer.init, init_rng, batch_spec)
+  tx, sched_fns = optim.make(config, variable_shapes["params"],
+                             total_steps=total_steps, data_size=num_train,
+                             batch_size=batch_size)
+
+  init_fn = functools.partial(init_train_state, trainer, tx,
+                              batch_spec=batch_spec, train_rng=train_rng)
+  state_shapes = jax.eval_shape(init_fn, init_rng)
+  state_shardings = sharding.infer_shardings(
+      state_shapes, mesh, config.get("sharding_rules", [(".*", "replicate")]),
+      fsdp_min_size=config.get("fsdp_min_size", 2**14))
+  abstract_state = _abstract(state_shapes, state_shardings)
+
+  if start_step:
+    logging.info("Resuming from the checkpoint of step %d.", start_step)
+    train_state = checkpoint.restore(mngr, start_step, abstract_state)
+  else:
+    train_state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    if config.get("model_init"):
+      train_state["params"] = checkpoint.load_params(
+          config.model_init, abstract_state["params"])
+  last_checkpoint = start_step or "none"
+
+  train_step = jax.jit(
+      make_train_step(trainer, tx),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+  evals = evaluators_common.from_config(
+      config, trainer.predict_fns(), mesh, workdir=workdir,
+      data_size=num_train)
+
+  # Preemption: finish the current step, checkpoint, exit cleanly.
+  preempt_requested = []
+  previous_handler = signal.signal(
+      signal.SIGTERM, lambda *_: preempt_requested.append(True))
+
+  def preempted(step):
+    if jax.process_count() > 1:  # All processes must stop at the same step.
+      return multihost_utils.reached_preemption_sync_point(step)
+    return bool(preempt_requested)
+
+  try:
+    if total_steps == 0:
+      _evaluate(writer, 0, evals, _variables(train_state))
+    batches = train_ds.as_numpy_iterator()
+    # Measurements stay on device until a log or checkpoint step needs them,
+    # so the host never waits for the device in between.
+    history, since = [], time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+      batch = sharding.put_batch(next(batches), mesh)
+      train_state, measurements = train_step(train_state, batch, step)
+      history.append((step, measurements))
+
+      stop = preempted(step)
+      is_last = stop or step == total_steps
+      is_checkpoint = is_last or (
+          checkpoint_steps and step % checkpoint_steps == 0)
+      is_log = is_last or step % log_steps == 0
+      if is_checkpoint or is_log:
+        history = jax.device_get(history)
+        _raise_if_nonfinite(history, last_checkpoint)
+        if is_log:
+          _log_training(writer, step, history, total_steps=total_steps,
+                        batch_size=batch_size, lr=float(sched_fns[0](step - 1)),
+                        seconds=time.perf_counter() - since)
+        history, since = [], time.perf_counter()
+      if is_checkpoint:
+        checkpoint.save(mngr, step, train_state)
+        last_checkpoint = step
+      if stop:
+        logging.info("Preempted: checkpointed step %d, exiting.", step)
+        break
+      due = [e for e in evals if e.due(step, total_steps)]
+      _evaluate(writer, step, due, _variables(train_state))
+  finally:
+    # Also on errors: pending checkpoint writes complete, so the last good
+    # checkpoint is valid.
+    signal.signal(signal.SIGTERM, previous_handler)
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.flush()
+  return train_state
+
+
+def main(argv):
+  del argv
+  sharding.maybe_initialize_distributed()
+  if _WORKDIR.value is None:
+    raise app.UsageError("Give --workdir, where checkpoints and logs go.")
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

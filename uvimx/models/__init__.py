@@ -1,0 +1,1 @@
+"""Models: plain flax.linen modules that know nothing about tasks."""

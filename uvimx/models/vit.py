@@ -1,0 +1,121 @@
+"""ViT building blocks: pre-LN transformer encoder and position embeddings.
+
+Module and parameter names follow big_vision's `big_vision/models/vit.py`
+(`encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1,
+MlpBlock_0/{Dense_0, Dense_1}}`, `encoder_norm`), so big_vision checkpoints,
+e.g. UViM's, load into these modules by name.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000.0, dtype=jnp.float32):
+  """Fixed 2D sine-cosine position embeddings, (1, h * w, width).
+
+  As big_vision (MoCo v3): a quarter of the channels each holds sin(x),
+  cos(x), sin(y), cos(y) at `width // 4` geometrically spaced frequencies
+  from 1 down to 1 / temperature; tokens are in raster order.
+
+  Args:
+    h: grid height in tokens.
+    w: grid width in tokens.
+    width: embedding size, a multiple of 4.
+    temperature: the longest wavelength (in tokens) is 2 pi temperature.
+    dtype: of the result.
+
+  Returns:
+    The (1, h * w, width) embeddings.
+  """
+  if width % 4:
+    raise ValueError(f"sincos2d position embeddings need a width that is a "
+                     f"multiple of 4, got {width}.")
+  n = width // 4
+  omega = 1.0 / temperature ** (np.arange(n) / (n - 1))
+  y, x = np.mgrid[:h, :w]
+  y = y.reshape(-1, 1) * omega[None]
+  x = x.reshape(-1, 1) * omega[None]
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return jnp.asarray(pe[None], dtype)
+
+
+def get_posemb(module, typ, seqshape, width, name, dtype=jnp.float32):
+  """Position embeddings (1, prod(seqshape), width) of type `typ`.
+
+  Args:
+    module: the module that owns the parameter for `typ="learn"`.
+    typ: "learn" (a parameter, initialised as big_vision with a normal of
+      stddev 1/sqrt(width), so that it has the scale of a LayerNorm'ed token
+      divided by sqrt(width)) or "sincos2d" (fixed, see `posemb_sincos_2d`).
+    seqshape: the token grid (h, w).
+    width: embedding size.
+    name: parameter name, e.g. "pos_embedding".
+    dtype: of the embeddings.
+
+  Returns:
+    The embeddings, to be added to (B, prod(seqshape), width) tokens.
+  """
+  if typ == "learn":
+    return module.param(name, nn.initializers.normal(stddev=1 / np.sqrt(width)),
+                        (1, int(np.prod(seqshape)), width), dtype)
+  if typ == "sincos2d":
+    return posemb_sincos_2d(*seqshape, width, dtype=dtype)
+  raise ValueError(f"Unknown posemb type {typ!r}: use 'learn' or 'sincos2d'.")
+
+
+class MlpBlock(nn.Module):
+  """Transformer feed-forward block: Dense, GELU, dropout, Dense."""
+  mlp_dim: Optional[int] = None  # None: 4x the input width.
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    # big_vision's init: xavier kernels, tiny random biases.
+    inits = dict(kernel_init=nn.initializers.xavier_uniform(),
+                 bias_init=nn.initializers.normal(stddev=1e-6))
+    d = x.shape[-1]
+    x = nn.Dense(self.mlp_dim or 4 * d, **inits)(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(rate=self.dropout)(x, deterministic)
+    return nn.Dense(d, **inits)(x)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+  mlp_dim: Optional[int] = None  # None: 4x the input width.
+  num_heads: int = 12
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    y = nn.LayerNorm()(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        kernel_init=nn.initializers.xavier_uniform(),
+        deterministic=deterministic)(y, y)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    x = x + y
+
+    y = nn.LayerNorm()(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout)(y, deterministic)
+    y = nn.Dropout(rate=self.dropout)(y, deterministic)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """A stack of `depth` pre-LN blocks and a final LayerNorm, on (B, L, D)."""
+  depth: int
+  mlp_dim: Optional[int] = None  # None: 4x the input width.
+  num_heads: int = 12
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    for i in range(self.depth):
+      x = Encoder1DBlock(
+          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout=self.dropout,
+          name=f"encoderblock_{i}")(x, deterministic)
+    # Pre-LN blocks leave the residual stream unnormalised: normalise once.
+    return nn.LayerNorm(name="encoder_norm")(x)

@@ -1,0 +1,27 @@
+"""Tasks: one module per task, the only code that knows a label's encoding.
+
+A task module, selected by `config.task.name`, reads its arguments from
+`config.task` and the patch grid from `config.model`, and defines:
+
+  model_outputs(config) -> {name: channels}
+      The per-patch outputs a dense model must predict for this task.
+  loss(logits, batch, config) -> (per-example loss (B,), measurements)
+      `logits` are {name: (B, num_patches, channels, patch_pixels)};
+      `measurements` is a dict of scalars.
+  predict_outputs(logits, config) -> {name: (B, H, W) array}
+      The decoded prediction, in the label's own units.
+
+Everything here is pure JAX: tasks never import TensorFlow.
+"""
+import importlib
+
+
+def get_task(name):
+  """Returns the module `uvimx.tasks.<name>`."""
+  try:
+    return importlib.import_module(f"uvimx.tasks.{name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"uvimx.tasks.{name}":
+      raise
+    raise ValueError(f"Unknown config.task.name {name!r}: there is no module "
+                     f"uvimx/tasks/{name}.py.") from None
