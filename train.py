@@ -22,13 +22,12 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
-import optax
 
 from evaluators import common as evaluators_common
 from uvimx import checkpoint
 from uvimx import input_pipeline
-from uvimx import optim
 from uvimx import sharding
+from uvimx import train_state as train_state_lib
 from uvimx import trainers
 from uvimx import utils
 
@@ -43,68 +42,37 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
-def init_train_state(trainer, tx, rng, *, batch_spec, train_rng):
-  """A fresh train state: {"params", "state", "opt", "rng"}.
+def _batch_spec(dataset, trainer):
+  """Zeros shaped like one training batch of 1, checked against the model.
+
+  A pp string that yields another shape or dtype than the model takes would
+  otherwise fail deep inside the model's tracing, or train on wrong data.
 
   Args:
-    trainer: the model family's Trainer.
-    tx: the optax transformation.
-    rng: initialises the model.
-    batch_spec: a batch of the training shapes (batch size 1 will do).
-    train_rng: the key the train steps fold their step number into.
+    dataset: the training pipeline (its element_spec is read, nothing else).
+    trainer: says what the model expects (`input_spec`).
 
   Returns:
-    The train state.
+    A dict of numpy zeros with a batch axis of 1.
   """
-  variables = trainer.init(rng, batch_spec)
-  return {"params": variables["params"],
-          "state": variables.get("state", {}),
-          "opt": tx.init(variables["params"]),
-          "rng": jax.random.key_data(train_rng)}
-
-
-def make_train_step(trainer, tx):
-  """The update: one optimizer step on one global batch.
-
-  A step whose loss is not finite changes nothing (the train state passes
-  through) and reports `nonfinite`; the loop turns that into an error naming
-  the step, so no NaN ever reaches the parameters or a checkpoint.
-
-  Args:
-    trainer: the model family's Trainer.
-    tx: the optax transformation.
-
-  Returns:
-    `train_step(train_state, batch, step) -> (train_state, measurements)`.
-  """
-  def train_step(train_state, batch, step):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(train_state["rng"]), step)
-    grad_fn = jax.value_and_grad(trainer.loss, has_aux=True)
-    (loss, (model_state, measurements)), grads = grad_fn(
-        train_state["params"], train_state["state"], batch, rng)
-    updates, opt = tx.update(grads, train_state["opt"], train_state["params"])
-    params = optax.apply_updates(train_state["params"], updates)
-    new_state = dict(train_state, params=params, opt=opt, state=model_state)
-    finite = jnp.isfinite(loss)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                             new_state, train_state)
-    measurements = dict(measurements, loss=loss,
-                        grad_norm=optax.global_norm(grads),
-                        nonfinite=jnp.logical_not(finite))
-    return new_state, measurements
-  return train_step
-
-
-def _batch_spec(dataset):
-  """Zeros shaped like one training example with a batch axis of 1."""
-  return jax.tree.map(lambda s: np.zeros((1, *s.shape[1:]), s.dtype.as_numpy_dtype),
-                      dataset.element_spec)
-
-
-def _abstract(tree, shardings):
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
+  pipeline = {k: (tuple(s.shape[1:]), s.dtype.as_numpy_dtype)
+              for k, s in dataset.element_spec.items()}
+  for key, want in trainer.input_spec(1).items():
+    want = (tuple(want.shape[1:]), np.dtype(want.dtype))
+    if key not in pipeline:
+      raise ValueError(
+          f"config.input.pp gives no {key!r} (it gives {sorted(pipeline)}); "
+          f"the model needs {key!r} of shape {want[0]} and dtype "
+          f"{want[1].name}. Add it to the pipe (and to its final keep()).")
+    if pipeline[key] != want:
+      got = pipeline[key]
+      raise ValueError(
+          f"config.input.pp gives {key!r} of shape {got[0]} and dtype "
+          f"{np.dtype(got[1]).name}, but the model needs shape {want[0]} and "
+          f"dtype {want[1].name}: check the resize/value_range/cast ops of "
+          "the pipe and config.model.input_size.")
+  return {k: np.zeros((1, *shape), dtype) for k, (shape, dtype) in
+          pipeline.items()}
 
 
 def _raise_if_nonfinite(history, last_checkpoint):
@@ -173,35 +141,23 @@ def train_and_evaluate(config, workdir):
   log_steps = steps("log_training", default=50)
   checkpoint_steps = steps("checkpoint", default=0)
 
-  # The train state is built from shapes first: the optimizer, the shardings
-  # and the checkpoint restore all need only those.
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  batch_spec = _batch_spec(train_ds)
-  variable_shapes = jax.eval_shape(trainer.init, init_rng, batch_spec)
-  tx, sched_fns = optim.make(config, variable_shapes["params"],
-                             total_steps=total_steps, data_size=num_train,
-                             batch_size=batch_size)
-
-  init_fn = functools.partial(init_train_state, trainer, tx,
-                              batch_spec=batch_spec, train_rng=train_rng)
-  state_shapes = jax.eval_shape(init_fn, init_rng)
-  state_shardings = sharding.infer_shardings(
-      state_shapes, mesh, config.get("sharding_rules", [(".*", "replicate")]),
-      fsdp_min_size=config.get("fsdp_min_size", 2**14))
-  abstract_state = _abstract(state_shapes, state_shardings)
+  batch_spec = _batch_spec(train_ds, trainer)
+  setup = train_state_lib.setup_train_state(config, trainer, mesh, batch_spec,
+                            total_steps=total_steps, data_size=num_train)
+  state_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
 
   if start_step:
     logging.info("Resuming from the checkpoint of step %d.", start_step)
-    train_state = checkpoint.restore(mngr, start_step, abstract_state)
+    train_state = checkpoint.restore(mngr, start_step, setup.abstract_state)
   else:
-    train_state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    train_state = setup.init()
     if config.get("model_init"):
       train_state["params"] = checkpoint.load_params(
-          config.model_init, abstract_state["params"])
+          config.model_init, setup.abstract_state["params"])
   last_checkpoint = start_step or "none"
 
   train_step = jax.jit(
-      make_train_step(trainer, tx),
+      train_state_lib.make_train_step(trainer, setup.tx),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,))
@@ -241,7 +197,7 @@ def train_and_evaluate(config, workdir):
         _raise_if_nonfinite(history, last_checkpoint)
         if is_log:
           _log_training(writer, step, history, total_steps=total_steps,
-                        batch_size=batch_size, lr=float(sched_fns[0](step - 1)),
+                        batch_size=batch_size, lr=float(setup.sched_fns[0](step - 1)),
                         seconds=time.perf_counter() - since)
         history, since = [], time.perf_counter()
       if is_checkpoint:

@@ -40,7 +40,7 @@ _TASKS = {
         augment=_CROP + _FLIP + _RESIZE,
         finish="",
         label="depth",
-        task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=16.0)),
+        task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=10.0)),
 }
 
 

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 from configs import synthetic_baseline
-from uvimx import optim
+from uvimx import input_pipeline
 from uvimx import sharding
+from uvimx import train_state
 from uvimx import trainers
 import train
 
@@ -128,30 +129,23 @@ def test_missing_model_init_is_a_clear_error(tfds_data_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def one_step_setup(tfds_data_dir):
-  """The smoke model, its optimizer and one real training batch."""
+def smoke_batch(tfds_data_dir):
+  """One real training batch of the smoke config."""
   config = smoke_config(tfds_data_dir)
-  trainer = trainers.get_trainer(config)
-  from uvimx import input_pipeline  # pylint: disable=g-import-not-at-top
   ds, _ = input_pipeline.training(config.input, seed=0)
-  batch = next(ds.as_numpy_iterator())
-  tx, _ = optim.make(config, jax.eval_shape(
-      trainer.init, jax.random.key(0), batch)["params"], total_steps=10)
-  init = functools.partial(train.init_train_state, trainer, tx,
-                           batch_spec=batch, train_rng=jax.random.key(1))
-  return trainer, tx, init, batch
+  return config, next(ds.as_numpy_iterator())
 
 
-def _two_steps(one_step_setup, mesh, rules):
-  trainer, tx, init, batch = one_step_setup
-  shapes = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.infer_shardings(shapes, mesh, rules, fsdp_min_size=256)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+def _two_steps(config, batch, mesh):
+  trainer = trainers.get_trainer(config)
+  setup = train_state.setup_train_state(config, trainer, mesh, batch,
+                                  total_steps=10)
+  shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
   step_fn = jax.jit(
-      train.make_train_step(trainer, tx),
+      train_state.make_train_step(trainer, setup.tx),
       in_shardings=(shardings, sharding.batch_sharding(mesh), None),
       out_shardings=(shardings, sharding.replicated(mesh)))
-  losses = []
+  state, losses = setup.init(), []
   for step in (1, 2):
     state, measurements = step_fn(state, sharding.put_batch(batch, mesh), step)
     losses.append(float(measurements["loss"]))
@@ -162,13 +156,15 @@ def _two_steps(one_step_setup, mesh, rules):
     ([("data", 8)], [(".*", "replicate")]),
     ([("data", 2), ("fsdp", 4)], [("params/.*", "fsdp"), ("opt/.*", "fsdp")]),
 ])
-def test_sharded_train_steps_match_one_device(one_step_setup, mesh_config,
+def test_sharded_train_steps_match_one_device(smoke_batch, mesh_config,
                                               rules):
+  config, batch = smoke_batch
   one = sharding.make_mesh([("data", 1)], devices=jax.devices()[:1])
-  reference, reference_losses = _two_steps(one_step_setup, one,
-                                           [(".*", "replicate")])
-  state, losses = _two_steps(one_step_setup, sharding.make_mesh(mesh_config),
-                             rules)
+  reference, reference_losses = _two_steps(config, batch, one)
+  config = config.copy_and_resolve_references()
+  config.mesh, config.sharding_rules, config.fsdp_min_size = (
+      mesh_config, rules, 256)
+  state, losses = _two_steps(config, batch, sharding.make_mesh(mesh_config))
   np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
                                  atol=1e-6),
@@ -179,3 +175,17 @@ def test_sharded_train_steps_match_one_device(one_step_setup, mesh_config,
         "Dense_0"]["kernel"]
     assert "fsdp" in kernel.sharding.spec
     assert kernel.addressable_shards[0].data.size == kernel.size // 4
+
+
+def test_pipeline_not_matching_the_model_is_a_clear_error(tfds_data_dir,
+                                                          tmp_path):
+  config = smoke_config(tfds_data_dir, total_steps=1)
+  config.input.pp = config.input.pp.replace("resize(64)|", "resize(48)|")
+  with pytest.raises(ValueError, match=r"gives 'image' of shape \(48, 48, 3\)"
+                     r".*needs shape \(64, 64, 3\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config = smoke_config(tfds_data_dir, total_steps=1)
+  config.input.pp = config.input.pp.replace("cast('int32', key='semantics')|",
+                                            "")
+  with pytest.raises(ValueError, match="'semantics'.*dtype uint8.*int32"):
+    train.train_and_evaluate(config, str(tmp_path))

@@ -5,6 +5,8 @@ A task module, selected by `config.task.name`, reads its arguments from
 
   model_outputs(config) -> {name: channels}
       The per-patch outputs a dense model must predict for this task.
+  label_spec(config) -> {batch key: jax.ShapeDtypeStruct}
+      One example's labels as the pp must deliver them.
   loss(logits, batch, config) -> (per-example loss (B,), measurements)
       `logits` are {name: (B, num_patches, channels, patch_pixels)};
       `measurements` is a dict of scalars.

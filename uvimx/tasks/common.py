@@ -77,3 +77,8 @@ def argmax_map(logits, config):
   classes = jnp.argmax(logits, axis=-2)[:, :, None, :]
   return unpatchify(classes, config.model.patch_size,
                     config.model.input_size)[..., 0].astype(jnp.int32)
+
+
+def label_map_spec(config, dtype):
+  """One example's (H, W, 1) label map at the model's input size."""
+  return jax.ShapeDtypeStruct((*config.model.input_size, 1), dtype)

@@ -22,6 +22,10 @@ def model_outputs(config):
   return {"semantics": _args(config)["num_classes"]}
 
 
+def label_spec(config):
+  return {"semantics": common.label_map_spec(config, jnp.int32)}
+
+
 def targets(batch, config):
   """Labels -> (class ids, valid mask), both (B, num_patches, patch_pixels)."""
   labels = common.patchify(batch["semantics"], config.model.patch_size)[:, :, 0]

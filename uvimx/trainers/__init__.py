@@ -4,6 +4,10 @@
 evaluation); a trainer module only says what is model-specific. Each module
 defines a class `Trainer`, built as `Trainer(config)` from the whole config:
 
+  input_spec(batch_size) -> {key: jax.ShapeDtypeStruct}
+      The training batch the model expects (image, labels). `train.py`
+      checks the input pipeline against it; benchmarks fill it with random
+      values to time a train step without TensorFlow.
   init(rng, batch) -> variables
       `variables` is {"params": ..., "state": ...}: "state" holds non-trained
       model state (e.g. a VQ dictionary and counts), {} if there is none.

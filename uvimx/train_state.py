@@ -1,0 +1,102 @@
+"""The train state and the jitted update, shared by train.py and benchmarks.
+
+Pure JAX (no TensorFlow), so a train step can be built and timed on a machine
+that has JAX but no input pipeline.
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from uvimx import optim
+from uvimx import sharding
+
+
+class TrainSetup(NamedTuple):
+  """The optimizer and train state of a run, derived from shapes only."""
+  tx: optax.GradientTransformation
+  sched_fns: list[Callable[[int], float]]  # Learning rate per step and group.
+  abstract_state: Any  # ShapeDtypeStructs with their shardings.
+  init: Callable[[], Any]  # A fresh train state, placed by those shardings.
+
+
+def setup_train_state(config, trainer, mesh, batch_spec, *, total_steps,
+                      data_size=None):
+  """Builds the optimizer, the shardings and the init of the train state.
+
+  The train state is {"params", "state" (model state, e.g. a VQ dictionary),
+  "opt" (optimizer state), "rng" (key data the steps fold their number into)}.
+
+  Only shapes are computed here (`jax.eval_shape`): the optimizer, the
+  partition rules and a checkpoint restore need nothing more, and a large
+  model is materialised once, directly on its devices, by `init`.
+
+  Args:
+    config: the run config (seed, optimizer, sharding rules).
+    trainer: the model family's Trainer.
+    mesh: the device mesh.
+    batch_spec: a batch of the training shapes (batch size 1 will do).
+    total_steps: the length of training, for the schedules.
+    data_size: training examples per epoch, for `*_epochs` settings.
+
+  Returns:
+    A TrainSetup.
+  """
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  variable_shapes = jax.eval_shape(trainer.init, init_rng, batch_spec)
+  tx, sched_fns = optim.make(config, variable_shapes["params"],
+                             total_steps=total_steps, data_size=data_size,
+                             batch_size=config.input.batch_size)
+  def init_fn():
+    variables = trainer.init(init_rng, batch_spec)
+    return {"params": variables["params"],
+            "state": variables.get("state", {}),
+            "opt": tx.init(variables["params"]),
+            "rng": jax.random.key_data(train_rng)}
+
+  shapes = jax.eval_shape(init_fn)
+  shardings = sharding.infer_shardings(
+      shapes, mesh, config.get("sharding_rules", [(".*", "replicate")]),
+      fsdp_min_size=config.get("fsdp_min_size", 2**14))
+  return TrainSetup(tx=tx, sched_fns=sched_fns,
+                    abstract_state=_abstract(shapes, shardings),
+                    init=jax.jit(init_fn, out_shardings=shardings))
+
+
+def make_train_step(trainer, tx):
+  """The update: one optimizer step on one global batch.
+
+  A step whose loss is not finite changes nothing (the train state passes
+  through) and reports `nonfinite`; the loop turns that into an error naming
+  the step, so no NaN ever reaches the parameters or a checkpoint.
+
+  Args:
+    trainer: the model family's Trainer.
+    tx: the optax transformation.
+
+  Returns:
+    `train_step(train_state, batch, step) -> (train_state, measurements)`.
+  """
+  def train_step(train_state, batch, step):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(train_state["rng"]), step)
+    grad_fn = jax.value_and_grad(trainer.loss, has_aux=True)
+    (loss, (model_state, measurements)), grads = grad_fn(
+        train_state["params"], train_state["state"], batch, rng)
+    updates, opt = tx.update(grads, train_state["opt"], train_state["params"])
+    params = optax.apply_updates(train_state["params"], updates)
+    new_state = dict(train_state, params=params, opt=opt, state=model_state)
+    finite = jnp.isfinite(loss)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             new_state, train_state)
+    measurements = dict(measurements, loss=loss,
+                        grad_norm=optax.global_norm(grads),
+                        nonfinite=jnp.logical_not(finite))
+    return new_state, measurements
+  return train_step
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
