@@ -61,10 +61,11 @@ class Model(nn.Module):
                     num_heads=self.num_heads, dropout=self.dropout,
                     name="encoder")(x, deterministic=not train)
 
-    # Zero-initialised heads, as big_vision's: every pixel starts at the
-    # uniform distribution (loss log(C), no per-pixel noise from a random
-    # projection), and the first updates move the head towards the class
-    # frequencies before the encoder features are shaped by its gradient.
+    # Zero-initialised head kernels, as big_vision's: every pixel starts at
+    # the uniform distribution (loss exactly log C) instead of at the noise
+    # of a random projection to C x patch_pixels logits (initial depth loss
+    # 6.0 > log 256). The encoder gets gradients from the first update on;
+    # in a 300-step depth comparison a LeCun-normal head trained no better.
     patch_pixels = int(np.prod(self.patch_size))
     return {
         name: nn.DenseGeneral(features=(channels, patch_pixels),
