@@ -19,7 +19,6 @@ from absl import logging
 from clu import metric_writers
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
@@ -142,9 +141,9 @@ def train_and_evaluate(config, workdir):
   checkpoint_steps = steps("checkpoint", default=0)
 
   batch_spec = _batch_spec(train_ds, trainer)
-  setup = train_state_lib.setup_train_state(config, trainer, mesh, batch_spec,
-                            total_steps=total_steps, data_size=num_train)
-  state_shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
+  setup = train_state_lib.setup_train_state(
+      config, trainer, mesh, batch_spec, total_steps=total_steps,
+      data_size=num_train)
 
   if start_step:
     logging.info("Resuming from the checkpoint of step %d.", start_step)
@@ -156,11 +155,7 @@ def train_and_evaluate(config, workdir):
           config.model_init, setup.abstract_state["params"])
   last_checkpoint = start_step or "none"
 
-  train_step = jax.jit(
-      train_state_lib.make_train_step(trainer, setup.tx),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  train_step = train_state_lib.jit_train_step(trainer, setup, mesh)
   evals = evaluators_common.from_config(
       config, trainer.predict_fns(), mesh, workdir=workdir,
       data_size=num_train)
@@ -196,8 +191,9 @@ def train_and_evaluate(config, workdir):
         history = jax.device_get(history)
         _raise_if_nonfinite(history, last_checkpoint)
         if is_log:
+          lr = float(setup.sched_fns[0](step - 1))  # Of update `step`.
           _log_training(writer, step, history, total_steps=total_steps,
-                        batch_size=batch_size, lr=float(setup.sched_fns[0](step - 1)),
+                        batch_size=batch_size, lr=lr,
                         seconds=time.perf_counter() - since)
         history, since = [], time.perf_counter()
       if is_checkpoint:

@@ -54,12 +54,7 @@ def train_step_speed(config, steps):
   setup = train_state.setup_train_state(
       config, trainer, mesh, batch,
       total_steps=config.get("total_steps") or 1_000_000)
-  shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
-  step_fn = jax.jit(
-      train_state.make_train_step(trainer, setup.tx),
-      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
-      out_shardings=(shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  step_fn = train_state.jit_train_step(trainer, setup, mesh)
   state, batch = setup.init(), sharding.put_batch(batch, mesh)
   compiled = step_fn.lower(state, batch, 1).compile()
   flops = compiled.cost_analysis()["flops"]

@@ -140,11 +140,7 @@ def _two_steps(config, batch, mesh):
   trainer = trainers.get_trainer(config)
   setup = train_state.setup_train_state(config, trainer, mesh, batch,
                                   total_steps=10)
-  shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
-  step_fn = jax.jit(
-      train_state.make_train_step(trainer, setup.tx),
-      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
-      out_shardings=(shardings, sharding.replicated(mesh)))
+  step_fn = train_state.jit_train_step(trainer, setup, mesh)
   state, losses = setup.init(), []
   for step in (1, 2):
     state, measurements = step_fn(state, sharding.put_batch(batch, mesh), step)

@@ -96,6 +96,28 @@ def make_train_step(trainer, tx):
   return train_step
 
 
+def jit_train_step(trainer, setup, mesh):
+  """`make_train_step`, jitted with the train state's and batch's shardings.
+
+  The train state is donated: its buffers are reused for the next one.
+
+  Args:
+    trainer: the model family's Trainer.
+    setup: the run's TrainSetup.
+    mesh: the device mesh.
+
+  Returns:
+    `train_step(train_state, global_batch, step) -> (train_state,
+    measurements)`, the measurements replicated.
+  """
+  shardings = jax.tree.map(lambda a: a.sharding, setup.abstract_state)
+  return jax.jit(
+      make_train_step(trainer, setup.tx),
+      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+
+
 def _abstract(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
