@@ -186,7 +186,7 @@ def train_and_evaluate(config, workdir):
       is_last = stop or step == total_steps
       is_checkpoint = is_last or (
           checkpoint_steps and step % checkpoint_steps == 0)
-      is_log = is_last or step % log_steps == 0
+      is_log = is_last or (log_steps and step % log_steps == 0)
       if is_checkpoint or is_log:
         history = jax.device_get(history)
         _raise_if_nonfinite(history, last_checkpoint)

@@ -185,3 +185,10 @@ def test_pipeline_not_matching_the_model_is_a_clear_error(tfds_data_dir,
                                             "")
   with pytest.raises(ValueError, match="'semantics'.*dtype uint8.*int32"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_zero_log_steps_logs_only_the_last_step(tfds_data_dir, tmp_path):
+  config = smoke_config(tfds_data_dir, total_steps=3, log_training_steps=0,
+                        evals={})
+  train.train_and_evaluate(config, str(tmp_path))
+  assert list(scalars(str(tmp_path), "train/loss")) == [3]
