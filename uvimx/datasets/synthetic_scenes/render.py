@@ -36,10 +36,12 @@ Conventions:
   4-neighbours has a different (semantic, instance) pair. Since segments and
   (semantic, instance) pairs are in bijection, this is computed on segment ids.
 
-Ranges: room width 3-7 m, height 2.4-3.5 m, depth 4-8 m; camera 1-2 m above
-the floor, tilted down by 5-30 degrees, turned by -15..15 degrees, horizontal
-field of view 55-75 degrees, square pixels, principal point at the image
-centre; things stand 1-5 m ahead of the camera. With these ranges every ray of
+Ranges: room width 3-7 m, height 2.4-3.5 m, depth 4-8 m; camera 1.4-1.6 m
+above the floor, tilted down by 5-30 degrees, turned by -15..15 degrees; one
+camera model for all scenes, like a real dataset's single sensor: horizontal
+field of view 60 degrees, square pixels, principal point at the image centre
+(metric depth from one image is only defined up to the scale of the scene, so
+the fixed lens and the narrow camera height are what make it learnable); things stand 1-5 m ahead of the camera. With these ranges every ray of
 a square image hits the room (`cast_room` checks it).
 
 The image size does not affect the random draws (only the intrinsics), so a
@@ -58,6 +60,8 @@ NUM_THINGS = 4
 (SPHERE, BOX, CYLINDER, CONE,
  FLOOR, CEILING, BACK_WALL, LEFT_WALL, RIGHT_WALL) = range(len(CLASS_NAMES))
 
+# One lens for every scene (see the module docstring).
+HORIZONTAL_FOV_DEGREES = 60.0
 # Offset along the normal for shadow rays, so a surface does not shadow itself.
 _SHADOW_EPS = 1e-4
 # Object placement by rejection sampling gives up after this many candidates.
@@ -177,12 +181,12 @@ def sample_scene(rng, height, width):
     A `Scene`.
   """
   room = (rng.uniform(3.0, 7.0), rng.uniform(2.4, 3.5), rng.uniform(4.0, 8.0))
-  half_fov = np.deg2rad(rng.uniform(55.0, 75.0)) / 2
+  half_fov = np.deg2rad(HORIZONTAL_FOV_DEGREES) / 2
   # The pitch and yaw ranges keep every ray pointing towards -z for square
   # images, so no ray escapes through the open front (see `cast_room`).
   camera = {
       "position": np.array([rng.uniform(-0.25, 0.25) * room[0],
-                            rng.uniform(1.0, 2.0), rng.uniform(-1.0, -0.2)]),
+                            rng.uniform(1.4, 1.6), rng.uniform(-1.0, -0.2)]),
       "yaw": np.deg2rad(rng.uniform(-15.0, 15.0)),
       "pitch": np.deg2rad(rng.uniform(5.0, 30.0)),
   }

@@ -41,8 +41,13 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
 class SyntheticScenes(tfds.core.GeneratorBasedBuilder):
   """Ray-cast synthetic rooms with depth, normals and panoptic labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "One camera for all scenes: 60 degree horizontal field of view "
+               "(was 55-75) and camera height 1.4-1.6 m (was 1-2 m), so "
+               "metric depth can be read from the image.",
+  }
   BUILDER_CONFIGS = [
       SyntheticScenesConfig(name="64x64", description="64x64 images."),
       SyntheticScenesConfig(name="128x128", height=128, width=128,
