@@ -1,4 +1,4 @@
-"""Label encodings, losses and decoding of the semseg and depth tasks."""
+"""Label encodings, model inputs, losses and decoding of every task."""
 import math
 import os
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from uvimx import tasks
+from uvimx.tasks import colorization
 from uvimx.tasks import common
 from uvimx.tasks import depth
+from uvimx.tasks import normals
+from uvimx.tasks import panoptic
 from uvimx.tasks import semseg
 
 FIXTURES = "/work/shared/fixtures/big_vision_uvim"
@@ -125,5 +128,216 @@ def test_task_args_errors():
   with pytest.raises(ValueError, match="Unknown config.task.name 'sem'"):
     tasks.get_task("sem")
   assert tasks.get_task("depth") is depth
+  with pytest.raises(ValueError, match="Unknown config.task keys.*num_bins"):
+    colorization.model_outputs(_config((2, 2), (4, 4), name="colorization",
+                                       num_bins=3))
   assert depth.model_outputs(_config((2, 2), (4, 4), name="depth")) == {
       "depth": 256}
+
+
+def _unit_normals(rng, shape):
+  n = rng.normal(size=(*shape, 3))
+  n /= np.linalg.norm(n, axis=-1, keepdims=True)
+  n[:, :3, :2] = 0.0  # Pixels without a normal.
+  return n.astype("f4")
+
+
+def _panoptic_labels(rng, shape, num_classes, max_instances):
+  """Instance ids in [0, max_instances), each with one class, as the pp's."""
+  instances = rng.randint(0, max_instances, size=shape)
+  classes = rng.randint(0, num_classes, size=(shape[0], max_instances))
+  semantics = np.take_along_axis(classes, instances.reshape(shape[0], -1),
+                                 axis=1).reshape(shape)
+  return np.stack([semantics, instances], axis=-1).astype("i4")
+
+
+# task: (task arguments, labels of a batch of 3 8x8 examples, the prediction
+# key with what it must equal, where, to what tolerance, and a logit scale
+# that makes the inputs confident logits: large for classes, 1 for values).
+# Ignored, unmeasured and normal-less pixels are the invalid ones.
+_ROUND_TRIPS = {
+    "semseg": (
+        dict(num_classes=5, ignore_label=0),  # An ignore label in range.
+        lambda rng: {"semantics": rng.randint(0, 5, (3, 8, 8, 1)).astype("i4")},
+        lambda b: ("semantics", b["semantics"][..., 0],
+                   b["semantics"][..., 0] != 0, 0.0),
+        30.0),
+    "depth": (
+        dict(num_bins=16, min_depth=0.0, max_depth=8.0),
+        lambda rng: {"depth": np.where(
+            rng.uniform(size=(3, 8, 8, 1)) < 0.2, 0.0,
+            rng.uniform(0.1, 8.0, (3, 8, 8, 1))).astype("f4")},
+        lambda b: ("depth", b["depth"][..., 0], b["depth"][..., 0] > 0,
+                   0.25 + 1e-6),
+        30.0),
+    "panoptic": (
+        dict(num_classes=4, max_instances=6),
+        lambda rng: {"labels": _panoptic_labels(rng, (3, 8, 8), 4, 6)},
+        lambda b: ("panoptic", b["labels"], np.ones((3, 8, 8), bool), 0.0),
+        30.0),
+    "colorization": (
+        {},
+        lambda rng: {"labels": rng.uniform(-1, 1, (3, 8, 8, 3)).astype("f4")},
+        lambda b: ("color", b["labels"], np.ones((3, 8, 8), bool), 0.0),
+        1.0),
+    "normals": (
+        {},
+        lambda rng: {"normals": _unit_normals(rng, (3, 8, 8))},
+        lambda b: ("normals", b["normals"], np.any(b["normals"] != 0, -1),
+                   1e-6),
+        1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_ROUND_TRIPS))
+def test_round_trip_label_inputs_perfect_logits_prediction(name):
+  args, make_labels, expect, scale = _ROUND_TRIPS[name]
+  config = _config((2, 4), (8, 8), name=name, **args)
+  task = tasks.get_task(name)
+  batch = make_labels(np.random.RandomState(0))
+  assert {k: (v.shape[1:], v.dtype) for k, v in batch.items()} == {
+      k: (s.shape, s.dtype) for k, s in task.label_spec(config).items()}
+
+  inputs = task.model_inputs(batch, config)
+  channels = task.model_outputs(config)
+  assert {k: v.shape for k, v in inputs.items()} == {
+      k: (3, 8, c, 8) for k, c in channels.items()}
+  assert all(v.dtype == np.float32 for v in inputs.values())
+  key, label, valid, atol = expect(batch)
+  for v in inputs.values():  # Invalid pixels are no input at all.
+    assert not np.any(common.to_pixels(v, config)[~valid])
+
+  # The inputs are perfect logits: one-hot at the true class, or the values.
+  pred = task.predict_outputs(inputs, config)[key]
+  assert pred.shape == label.shape and pred.dtype == label.dtype
+  np.testing.assert_allclose(pred[valid], label[valid], rtol=0, atol=atol)
+
+  per_example, _ = task.loss({k: scale * v for k, v in inputs.items()}, batch,
+                             config)
+  assert per_example.shape == (3,)
+  np.testing.assert_allclose(per_example, 0.0, atol=1e-6)
+
+
+def _nll(z, c):
+  """Softmax cross-entropy of the logits vector `z` for class `c`."""
+  return math.log(sum(math.exp(v) for v in z)) - z[c]
+
+
+@pytest.mark.skipif(not os.path.exists(f"{FIXTURES}/stage1_io.npz"),
+                    reason="big_vision UViM fixtures not found")
+def test_panoptic_model_inputs_are_big_vision_uvims():
+  config = _config((4, 4), (32, 32), name="panoptic", num_classes=9,
+                   max_instances=5)
+  io = np.load(f"{FIXTURES}/stage1_io.npz")
+  inputs = panoptic.model_inputs({"labels": io["labels"]}, config)
+  assert set(inputs) == set(panoptic.CHANNELS)
+  for k in panoptic.CHANNELS:
+    np.testing.assert_array_equal(inputs[k], io[f"x/{k}"])
+
+
+@pytest.mark.skipif(not os.path.exists(f"{FIXTURES}/stage2_io.npz"),
+                    reason="big_vision UViM fixtures not found")
+def test_panoptic_predict_outputs_are_big_vision_uvims():
+  config = _config((4, 4), (32, 32), name="panoptic", num_classes=9,
+                   max_instances=5)
+  io = np.load(f"{FIXTURES}/stage2_io.npz")
+  logits = {k: io[f"pipeline_logits/{k}"] for k in panoptic.CHANNELS}
+  pred = panoptic.predict_outputs(logits, config)["panoptic"]
+  assert pred.dtype == np.int32
+  np.testing.assert_array_equal(pred, io["pipeline_pred/panoptic"])
+  # The vote matters here: it overrules some pixels' own argmax class.
+  per_pixel = common.argmax_map(logits["semantics"], config)
+  assert np.any(pred[..., 0] != per_pixel)
+
+
+def test_panoptic_vote_sums_logits_and_small_segments_become_void():
+  instances = np.array([[1, 1, 1, 0],
+                        [1, 1, 1, 0],
+                        [2, 2, 2, 0],
+                        [2, 2, 2, 3]])
+  semantics = np.zeros((4, 4, 3))
+  semantics[instances == 0] = [1.0, 0.0, 0.0]
+  semantics[instances == 3] = [0.0, 5.0, 0.0]
+  # Instance 1: four pixels say class 1 (logit 1), two say class 2 (1.5):
+  # summed logits 4 > 3, class 1. Instance 2: the same pixel majority, but
+  # the two say class 2 with logit 3: summed 6 > 4, class 2.
+  semantics[:2, :3] = [0.0, 1.0, 0.0]
+  semantics[0, :2] = [0.0, 0.0, 1.5]
+  semantics[2:, :3] = [0.0, 1.0, 0.0]
+  semantics[3, :2] = [0.0, 0.0, 3.0]
+  logits = {
+      "semantics": _pixel_logits_to_patches(semantics[None], (2, 2)),
+      "instances": _pixel_logits_to_patches(
+          2.0 * np.eye(4)[instances][None], (2, 2)),
+  }
+  expected = np.zeros((4, 4, 2), int)
+  expected[:2, :3] = (1, 1)
+  expected[2:, :3] = (2, 2)
+  for min_fraction, last_pixel in ((0.0, (1, 3)), (1 / 16, (0, 0))):
+    # Instance 3 covers 1/16 of the image: kept only below that fraction.
+    config = _config((2, 2), (4, 4), name="panoptic", num_classes=3,
+                     max_instances=4, min_fraction=min_fraction)
+    expected[3, 3] = last_pixel
+    pred = panoptic.predict_outputs(logits, config)["panoptic"]
+    np.testing.assert_array_equal(pred[0], expected)
+
+
+def test_panoptic_loss_by_hand_skips_out_of_range_ids():
+  config = _config((2, 2), (2, 4), name="panoptic", num_classes=3,
+                   max_instances=2)
+  rng = np.random.RandomState(0)
+  labels = np.stack([rng.randint(0, 3, (2, 2, 4)),
+                     rng.randint(0, 2, (2, 2, 4))], axis=-1)
+  labels[0, 1, 2, 1] = 5  # An instance id beyond max_instances.
+  pixel_logits = {"semantics": rng.normal(size=(2, 2, 4, 3)),
+                  "instances": rng.normal(size=(2, 2, 4, 2))}
+  logits = {k: _pixel_logits_to_patches(v, (2, 2))
+            for k, v in pixel_logits.items()}
+  per_example, m = panoptic.loss(logits, {"labels": labels}, config)
+  expected = {}
+  for c, (k, n) in enumerate((("semantics", 3), ("instances", 2))):
+    expected[k] = []
+    for b in range(2):
+      nll = [_nll(pixel_logits[k][b, i, j], labels[b, i, j, c])
+             for i in range(2) for j in range(4) if labels[b, i, j, c] < n]
+      expected[k].append(sum(nll) / len(nll))
+  np.testing.assert_allclose(
+      per_example, np.add(expected["semantics"], expected["instances"]),
+      rtol=1e-5)
+  for k, v in expected.items():
+    assert m[f"{k}_xent"] == pytest.approx(np.mean(v), rel=1e-5)
+
+
+def test_colorization_loss_by_hand_and_clipped_predictions():
+  config = _config((2, 2), (2, 4), name="colorization")
+  rng = np.random.RandomState(0)
+  labels = rng.uniform(-1, 1, (2, 2, 4, 3)).astype("f4")
+  out = rng.uniform(-1.5, 1.5, (2, 2, 4, 3))
+  per_example, m = colorization.loss(
+      {"color": _pixel_logits_to_patches(out, (2, 2))}, {"labels": labels},
+      config)
+  expected = [np.mean((out[b] - labels[b]) ** 2) for b in range(2)]
+  np.testing.assert_allclose(per_example, expected, rtol=1e-5)
+  assert m["color_mse"] == pytest.approx(np.mean(expected), rel=1e-5)
+  pred = colorization.predict_outputs(
+      {"color": _pixel_logits_to_patches(out, (2, 2))}, config)["color"]
+  np.testing.assert_allclose(pred, np.clip(out, -1, 1), rtol=1e-6)
+
+
+def test_normals_loss_by_hand_over_valid_pixels():
+  config = _config((2, 2), (2, 4), name="normals")
+  rng = np.random.RandomState(0)
+  n = _unit_normals(rng, (2, 2, 4))  # Example 0: 4 invalid pixels.
+  n[1] = 0.0  # Example 1 has no normals at all: loss 0.
+  out = rng.normal(size=(2, 2, 4, 3))
+  per_example, m = normals.loss(
+      {"normals": _pixel_logits_to_patches(out, (2, 2))}, {"normals": n},
+      config)
+  valid = np.linalg.norm(n[0], axis=-1) > 0
+  assert valid.sum() == 4
+  l2 = np.sum((out[0] - n[0]) ** 2, axis=-1)[valid].mean()
+  np.testing.assert_allclose(per_example, [l2, 0.0], rtol=1e-5)
+  assert m["normals_l2"] == pytest.approx(l2 / 2, rel=1e-5)
+  cos = np.sum(out[0] * n[0], -1) / np.linalg.norm(out[0], axis=-1)
+  assert m["normals_angle"] == pytest.approx(
+      np.degrees(np.arccos(cos[valid])).mean(), rel=1e-4)

@@ -7,13 +7,22 @@ A task module, selected by `config.task.name`, reads its arguments from
       The per-patch outputs a dense model must predict for this task.
   label_spec(config) -> {batch key: jax.ShapeDtypeStruct}
       One example's labels as the pp must deliver them.
+  model_inputs(batch, config) -> {name: float32 array}
+      The labels as input to a model that reads them, the UViM stage-I
+      oracle (big_vision's `input_pp` "x"), in the logits' layout (B,
+      num_patches, C, patch_pixels) with `model_outputs`' names and
+      channels: one-hot ids for classes, the values for regression; pixels
+      without a label are all zero. The oracle's context image is
+      `batch["image"]`, whatever the pp made of it (grayscale for
+      colorization).
   loss(logits, batch, config) -> (per-example loss (B,), measurements)
       `logits` are {name: (B, num_patches, channels, patch_pixels)};
       `measurements` is a dict of scalars.
-  predict_outputs(logits, config) -> {name: (B, H, W) array}
+  predict_outputs(logits, config) -> {name: (B, H, W) or (B, H, W, C) array}
       The decoded prediction, in the label's own units.
 
-Everything here is pure JAX: tasks never import TensorFlow.
+Tasks: semseg, depth, normals, panoptic, colorization. Everything here is
+pure JAX: tasks never import TensorFlow.
 """
 import importlib
 

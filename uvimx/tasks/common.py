@@ -1,8 +1,9 @@
-"""Helpers shared by the per-pixel tasks: patch layout, CE loss, arguments.
+"""Helpers shared by the tasks: patch layout, one-hot inputs, losses, arguments.
 
 Dense models predict, per patch token, every pixel of the patch: logits of
 shape (B, num_patches, C, patch_pixels), big_vision UViM's layout. Patches
-are in raster order, and so are the pixels within a patch.
+are in raster order, and so are the pixels within a patch. The UViM oracle
+reads its label inputs in the same layout.
 """
 import einops
 import jax
@@ -51,6 +52,37 @@ def unpatchify(x, patch_size, input_size):
                           hn=hn, wn=wn, hp=hp, wp=wp)
 
 
+def to_patches(x, config):
+  """(B, H, W, C) -> (B, num_patches, C, patch_pixels), the model's patches."""
+  return patchify(x, config.model.patch_size)
+
+
+def to_pixels(x, config):
+  """(B, num_patches, C, patch_pixels) -> (B, H, W, C) at the model's size."""
+  return unpatchify(x, config.model.patch_size, config.model.input_size)
+
+
+def one_hot(classes, valid, num_classes):
+  """Per-pixel class ids -> float32 one-hot on axis -2 (the oracle's input).
+
+  Args:
+    classes: int (B, num_patches, patch_pixels).
+    valid: bool (B, num_patches, patch_pixels).
+    num_classes: the number of one-hot channels.
+
+  Returns:
+    (B, num_patches, num_classes, patch_pixels); an invalid pixel is all zero,
+    so that the oracle sees "no label" rather than a made-up class.
+  """
+  return jax.nn.one_hot(jnp.where(valid, classes, -1), num_classes, axis=-2)
+
+
+def masked_mean(values, valid, axis=None):
+  """Mean of `values` over its `valid` entries along `axis`; 0 if none is."""
+  total = jnp.sum(jnp.where(valid, values, 0.0), axis=axis)
+  return total / jnp.maximum(jnp.sum(valid, axis=axis), 1)
+
+
 def softmax_xent(logits, classes, valid):
   """Per-example mean softmax cross-entropy over the valid pixels.
 
@@ -67,18 +99,15 @@ def softmax_xent(logits, classes, valid):
   # so that the gather stays in range, then mask them out.
   classes = jnp.where(valid, classes, 0)
   nll = -jnp.take_along_axis(logp, classes[:, :, None, :], axis=-2)[:, :, 0]
-  nll = jnp.where(valid, nll, 0.0)
-  count = jnp.sum(valid, axis=(1, 2))
-  return jnp.sum(nll, axis=(1, 2)) / jnp.maximum(count, 1)
+  return masked_mean(nll, valid, axis=(1, 2))
 
 
 def argmax_map(logits, config):
   """(B, num_patches, C, patch_pixels) logits -> int32 (B, H, W) argmax."""
   classes = jnp.argmax(logits, axis=-2)[:, :, None, :]
-  return unpatchify(classes, config.model.patch_size,
-                    config.model.input_size)[..., 0].astype(jnp.int32)
+  return to_pixels(classes, config)[..., 0].astype(jnp.int32)
 
 
-def label_map_spec(config, dtype):
-  """One example's (H, W, 1) label map at the model's input size."""
-  return jax.ShapeDtypeStruct((*config.model.input_size, 1), dtype)
+def label_map_spec(config, dtype, channels=1):
+  """One example's (H, W, channels) label map at the model's input size."""
+  return jax.ShapeDtypeStruct((*config.model.input_size, channels), dtype)

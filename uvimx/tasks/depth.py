@@ -4,6 +4,9 @@ Labels: `batch["depth"]`, float32 (B, H, W, 1) metres; 0 (or less) marks a
 pixel without a measurement (the `decode_depth_png` / NYU convention), which
 is left out of the loss.
 Model output: "depth" logits (B, num_patches, num_bins, patch_pixels).
+Model input (UViM oracle): "depth", the bins one-hot in the same layout, as
+big_vision's `depth_task.input_pp`, except that unmeasured pixels are all
+zero (big_vision's TODO "encode depth==0 as class==-1"; it feeds bin 0).
 
 Encoding (big_vision UViM `depth_task`): bin = floor((d - min_depth) /
 (max_depth - min_depth) * num_bins), clipped to [0, num_bins - 1].
@@ -53,8 +56,14 @@ def from_bins(bins, config):
 
 def targets(batch, config):
   """Labels -> (bin ids, valid mask), both (B, num_patches, patch_pixels)."""
-  depth = common.patchify(batch["depth"], config.model.patch_size)[:, :, 0]
+  depth = common.to_patches(batch["depth"], config)[:, :, 0]
   return to_bins(depth, config), depth > 0
+
+
+def model_inputs(batch, config):
+  """{"depth": float32 (B, num_patches, num_bins, patch_pixels)}."""
+  bins, valid = targets(batch, config)
+  return {"depth": common.one_hot(bins, valid, _args(config)["num_bins"])}
 
 
 def loss(logits, batch, config):
@@ -71,10 +80,9 @@ def loss(logits, batch, config):
   """
   bins, valid = targets(batch, config)
   per_example = common.softmax_xent(logits["depth"], bins, valid)
-  depth = common.patchify(batch["depth"], config.model.patch_size)[:, :, 0]
+  depth = common.to_patches(batch["depth"], config)[:, :, 0]
   pred = from_bins(jnp.argmax(logits["depth"], axis=-2), config)
-  mse = jnp.sum(jnp.where(valid, (pred - depth) ** 2, 0.0)) / jnp.maximum(
-      jnp.sum(valid), 1)
+  mse = common.masked_mean((pred - depth) ** 2, valid)
   return per_example, {"depth_xent": jnp.mean(per_example),
                        "depth_rmse": jnp.sqrt(mse)}
 

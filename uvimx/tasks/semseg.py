@@ -3,6 +3,8 @@
 Labels: `batch["semantics"]`, int (B, H, W, 1) class ids in [0, num_classes),
 or `ignore_label` for pixels that neither count in the loss nor are scored.
 Model output: "semantics" logits (B, num_patches, num_classes, patch_pixels).
+Model input (UViM oracle): "semantics", the labels one-hot in the same layout;
+ignored pixels are all zero.
 
 Task arguments (`config.task`):
   num_classes: number of classes (required).
@@ -28,11 +30,18 @@ def label_spec(config):
 
 def targets(batch, config):
   """Labels -> (class ids, valid mask), both (B, num_patches, patch_pixels)."""
-  labels = common.patchify(batch["semantics"], config.model.patch_size)[:, :, 0]
+  labels = common.to_patches(batch["semantics"], config)[:, :, 0]
   ignore_label = _args(config)["ignore_label"]
   if ignore_label is None:
     return labels, jnp.ones(labels.shape, bool)
   return labels, labels != ignore_label
+
+
+def model_inputs(batch, config):
+  """{"semantics": float32 (B, num_patches, num_classes, patch_pixels)}."""
+  classes, valid = targets(batch, config)
+  return {"semantics": common.one_hot(classes, valid,
+                                      _args(config)["num_classes"])}
 
 
 def loss(logits, batch, config):
