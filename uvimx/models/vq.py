@@ -1,0 +1,131 @@
+"""Vector quantisation for UViM's stage-I bottleneck, as pure functions.
+
+The codebook follows big_vision's `proj/uvim/vit.py`: a `dictionary` of
+discounted sums of the vectors assigned to each codeword and their discounted
+`counts`, so that a codeword is the (L2-normalised) discounted mean of its
+vectors. The dictionary is learned by an exponential moving average, not by
+gradients, and codewords that fall out of use are replaced by splitting the
+most used one (LBG). Every reduction over the batch is a plain sum: under
+`jax.jit` with a sharded global batch XLA makes it a global reduction, so the
+dictionary stays identical on all devices without explicit collectives.
+"""
+import jax
+import jax.numpy as jnp
+
+# Relative perturbation of a split codeword. As big_vision: the multiplicative
+# noise is not exactly symmetric, so repeated splits may shrink a codeword a
+# little, which does not matter at this size.
+PERTURB = 0.001
+
+
+def codewords(dictionary, counts):
+  """The codebook (K, D): discounted means `dictionary / counts`, unit norm."""
+  e = dictionary / counts[:, None]
+  return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+
+def quantize(x, e):
+  """Nearest codeword of each vector, with a straight-through gradient.
+
+  Args:
+    x: (..., D) vectors.
+    e: (K, D) codebook.
+
+  Returns:
+    (x_q, idx): `x_q` (..., D) equals `e[idx]` in the forward pass, but its
+    gradient flows to `x` unchanged (the quantisation has none); `idx` (...)
+    are the int32 codeword indices.
+  """
+  # |x|^2 - 2 x.e + |e|^2, the squared distance decomposed as big_vision does,
+  # so that near-ties resolve to the same codeword.
+  dist = (jnp.sum(x * x, axis=-1, keepdims=True) - 2 * x @ e.T +
+          jnp.sum(e * e, axis=-1))
+  idx = jnp.argmin(dist, axis=-1)
+  return jax.lax.stop_gradient(e[idx] - x) + x, idx
+
+
+def assignment_stats(idx, x, dict_size):
+  """How many vectors, and their sum, went to each codeword in the batch.
+
+  Args:
+    idx: (...) codeword indices.
+    x: (..., D) the vectors that were quantised (no gradient flows back).
+    dict_size: K.
+
+  Returns:
+    (counts, sums): (K,) and (K, D) float32, summed over all leading axes.
+  """
+  # float32 whatever the model's dtype: bfloat16 would not even count
+  # exactly beyond 256.
+  onehot = jax.nn.one_hot(idx, dict_size, dtype=jnp.float32)
+  counts = jnp.sum(onehot, axis=tuple(range(idx.ndim)))
+  # Full precision: TPUs and GPUs otherwise round the operands of a float32
+  # matmul (to bf16 / tf32), which would bias the learned dictionary.
+  x = jax.lax.stop_gradient(x).astype(jnp.float32)
+  sums = jnp.einsum("...k,...d->kd", onehot, x,
+                    precision=jax.lax.Precision.HIGHEST)
+  return counts, sums
+
+
+def codebook_stats(counts):
+  """Usage statistics of a batch's codes, under big_vision's log names.
+
+  Args:
+    counts: (K,) assignments per codeword, as from `assignment_stats`.
+
+  Returns:
+    {"codebook_max_ratio": share of the most used codeword,
+     "codebook_zeros_ratio": share of codewords not used at all}.
+  """
+  return {"codebook_max_ratio": jnp.max(counts) / jnp.sum(counts),
+          "codebook_zeros_ratio": jnp.mean(counts == 0)}
+
+
+def ema_update(dictionary, counts, batch_counts, batch_sums, momentum):
+  """Discounts the old sums and counts by `momentum` and adds the batch's.
+
+  This is VQ-VAE's EMA dictionary learning written, as big_vision does, as
+  discounted totals: the codeword, their ratio, is an EMA of the mean vector
+  assigned to it, weighted by how often it is used.
+
+  Returns:
+    The new (dictionary, counts).
+  """
+  return (dictionary * momentum + batch_sums,
+          counts * momentum + batch_counts)
+
+
+def split_unused(dictionary, counts, key, min_count):
+  """LBG: while a codeword's count is below `min_count`, re-seed it.
+
+  Each round moves the least used codeword onto the most used one, times
+  uniform noise in [1 - PERTURB, 1 + PERTURB], and gives each of the two half
+  of the most used one's sums and count: the old codeword keeps its value and
+  the new one starts next to it, so the next updates split its vectors.
+
+  Args:
+    dictionary: (K, D) discounted sums.
+    counts: (K,) discounted counts.
+    key: PRNG key for the perturbations (new-style or raw uint32).
+    min_count: the discounted count below which a codeword counts as unused;
+      with momentum 0.995, 0.1 means about 500 steps without an assignment.
+
+  Returns:
+    The new (dictionary, counts).
+  """
+  def split(state):
+    dictionary, counts, key = state
+    key, noise_key = jax.random.split(key)
+    i_max, i_min = jnp.argmax(counts), jnp.argmin(counts)
+    noise = jax.random.uniform(noise_key, dictionary.shape[1:],
+                               dictionary.dtype, 1 - PERTURB, 1 + PERTURB)
+    top, half = dictionary[i_max], counts[i_max] / 2
+    dictionary = dictionary.at[i_min].set(top * noise / 2)
+    dictionary = dictionary.at[i_max].set(top / 2)
+    counts = counts.at[i_min].set(half).at[i_max].set(half)
+    return dictionary, counts, key
+
+  dictionary, counts, _ = jax.lax.while_loop(
+      lambda state: jnp.any(state[1] < min_count), split,
+      (dictionary, counts, key))
+  return dictionary, counts
