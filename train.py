@@ -151,8 +151,9 @@ def train_and_evaluate(config, workdir):
   else:
     train_state = setup.init()
     if config.get("model_init"):
-      train_state["params"] = checkpoint.load_params(
-          config.model_init, setup.abstract_state["params"])
+      train_state["params"] = checkpoint.load_variables(
+          config.model_init,
+          {"params": setup.abstract_state["params"]})["params"]
   last_checkpoint = start_step or "none"
 
   train_step = train_state_lib.jit_train_step(trainer, setup, mesh)

@@ -44,7 +44,8 @@ _TASKS = {
         augment=_FLIP + _RESIZE,
         finish="",
         label="depth",
-        task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=10.0)),
+        task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=10.0,
+                  target_sigma=4.0, decoding="argmax")),
 }
 
 

@@ -7,8 +7,12 @@ crash while writing leaves the previous checkpoint as the latest valid one.
 """
 import os
 
+from flax import traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from uvimx import utils
 
 
 def manager(workdir, config):
@@ -51,25 +55,82 @@ def restore(mngr, step, abstract_state):
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
-def load_params(path, abstract_params):
-  """Params of another run's checkpoint (`config.model_init`).
+def load_variables(path, abstract_variables):
+  """Parts of another run's train state, e.g. its params (`model_init`).
 
   Args:
     path: a checkpoint directory, e.g. "WORKDIR/checkpoints/1000".
-    abstract_params: this model's params as sharded ShapeDtypeStructs.
+    abstract_variables: {item: tree of sharded ShapeDtypeStructs} for the
+      items to load, e.g. {"params": ...} or {"params": ..., "state": ...}.
 
   Returns:
-    The params, placed like `abstract_params`.
+    {item: tree}, placed like `abstract_variables`.
   """
   item = os.path.join(path, "default")
   if not os.path.isdir(item):
     raise FileNotFoundError(
-        f"config.model_init {path!r} is not a uvimx checkpoint (no {item!r}); "
-        "give a step directory such as WORKDIR/checkpoints/1000.")
-  saved = ocp.StandardCheckpointer().restore(item)["params"]
-  if (jax.tree.structure(saved) != jax.tree.structure(abstract_params)):
-    raise ValueError(
-        f"config.model_init {path!r} holds params of another model: its tree "
-        "does not match this config's model.")
-  return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), saved,
-                      abstract_params)
+        f"{path!r} is not a uvimx checkpoint (no {item!r}); give a step "
+        "directory such as WORKDIR/checkpoints/1000.")
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto one local device first: the checkpoint may come from another device
+  # count or host (e.g. a GPU run), whose saved shardings do not exist here.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      checkpointer.metadata(item).item_metadata)
+  saved = checkpointer.restore(item, target)
+  loaded = {}
+  for name, abstract in abstract_variables.items():
+    shapes = lambda tree: {k: tuple(x.shape)
+                           for k, x in utils.named_leaves(tree)}
+    ours, theirs = shapes(abstract), shapes(saved.get(name, {}))
+    wrong = sorted(f"{k}: checkpoint {theirs.get(k)}, config {ours.get(k)}"
+                   for k in set(ours) | set(theirs)
+                   if ours.get(k) != theirs.get(k))
+    if wrong:
+      raise ValueError(
+          f"Checkpoint {path!r} holds {name} of another model than the "
+          "config's (give the config it was trained with): "
+          + "; ".join(wrong[:5]))
+    loaded[name] = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding),
+                                saved[name], abstract)
+  return loaded
+
+
+def load_big_vision_npz(path, template=None):
+  """Reads a big_vision checkpoint (`np.savez` of "/"-joined tree paths).
+
+  big_vision's UViM trainers write stage I as {"params", "state"} and stage II
+  as {"params"}, plus "opt/..." and "chrono/..." keys that a loader ignores.
+
+  Args:
+    path: the .npz file.
+    template: optional pytree (e.g. {"params": ..., "state": ...} of a fresh
+      `model.init`, arrays or ShapeDtypeStructs) to check the file against:
+      every template leaf must be in the file with the same shape, and every
+      file key under the template's top-level keys must be in the template.
+
+  Returns:
+    A nested dict of numpy arrays; with a template, only its top-level keys
+    (so "opt" and "chrono" are dropped).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No big_vision checkpoint at {path!r}.")
+  with np.load(path, allow_pickle=False) as npz:
+    flat = {k: npz[k] for k in npz.files}
+  if template is not None:
+    expected = dict(utils.named_leaves(template))
+    top = {name.split("/")[0] for name in expected}
+    flat = {k: v for k, v in flat.items() if k.split("/")[0] in top}
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(set(flat) - set(expected))
+    wrong_shape = sorted(f"{k}: file {flat[k].shape}, model {expected[k].shape}"
+                         for k in set(flat) & set(expected)
+                         if flat[k].shape != tuple(expected[k].shape))
+    if missing or unexpected or wrong_shape:
+      raise ValueError(
+          f"big_vision checkpoint {path!r} does not fit this model (check "
+          "that the model config matches the checkpoint's):\n"
+          f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n"
+          f"  wrong shapes: {wrong_shape}")
+  return traverse_util.unflatten_dict(flat, sep="/")

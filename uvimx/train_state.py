@@ -18,7 +18,9 @@ class TrainSetup(NamedTuple):
   tx: optax.GradientTransformation
   sched_fns: list[Callable[[int], float]]  # Learning rate per step and group.
   abstract_state: Any  # ShapeDtypeStructs with their shardings.
-  init: Callable[[], Any]  # A fresh train state, placed by those shardings.
+  # A fresh train state, placed by those shardings; with pretrained=True
+  # (default) holding the pre-trained parts the config names.
+  init: Callable[..., Any]
 
 
 def setup_train_state(config, trainer, mesh, batch_spec, *, total_steps,
@@ -59,9 +61,23 @@ def setup_train_state(config, trainer, mesh, batch_spec, *, total_steps,
   shardings = sharding.infer_shardings(
       shapes, mesh, config.get("sharding_rules", [(".*", "replicate")]),
       fsdp_min_size=config.get("fsdp_min_size", 2**14))
+  fresh = jax.jit(init_fn, out_shardings=shardings)
+
+  def init(pretrained=True):
+    train_state = fresh()
+    if not pretrained or not hasattr(trainer, "load_pretrained"):
+      return train_state
+    # Pre-trained parts the config names (a frozen stage-I model, an encoder
+    # checkpoint) replace their fresh values; a resumed run restores them
+    # from its own checkpoint instead.
+    variables = trainer.load_pretrained(
+        {"params": train_state["params"], "state": train_state["state"]})
+    variables = jax.device_put(
+        variables, {k: shardings[k] for k in ("params", "state")})
+    return dict(train_state, **variables)
+
   return TrainSetup(tx=tx, sched_fns=sched_fns,
-                    abstract_state=_abstract(shapes, shardings),
-                    init=jax.jit(init_fn, out_shardings=shardings))
+                    abstract_state=_abstract(shapes, shardings), init=init)
 
 
 def make_train_step(trainer, tx):

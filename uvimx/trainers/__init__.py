@@ -17,6 +17,11 @@ defines a class `Trainer`, built as `Trainer(config)` from the whole config:
       Called inside the jitted train step on the global batch, so batch
       statistics (e.g. VQ counts) are global without explicit collectives.
       `measurements` is a dict of scalars, logged as `train/<name>`.
+  load_pretrained(variables) -> variables   (optional)
+      Called once on a fresh start (not on resume) with the initialised
+      {"params", "state"}; returns them with the pre-trained parts the
+      config names (e.g. a frozen stage-I model in "state") filled in, as
+      arrays of the same shapes.
   predict_fns() -> {name: fn(variables, batch) -> dict of arrays}
       Functions evaluators call (by name, `config.evals.<e>.pred`) on eval
       batches; the outputs keep the batch axis first.

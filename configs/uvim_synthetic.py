@@ -1,0 +1,158 @@
+r"""UViM on synthetic_scenes/64x64: stage I (oracle + base model), stage II (LM).
+
+Variants, `{task}_{what}` with task panoptic, depth or colorization:
+
+  {task}_stage1     the restricted oracle and base model, joined by a code of
+                    16 words from a 128-word dictionary.
+  {task}_base_only  the same model with an all-zero code (zero_decoder_seq):
+                    UViM's "base model only" ablation.
+  {task}_stage2     the LM predicting the stage-I code from the image; needs
+                    --config.oracle.checkpoint=STAGE1_WORKDIR/checkpoints/N.
+  panoptic_stage2_nonar  the LM without autoregression (all code positions
+                    in one pass), the paper's "no Autoreg." ablation.
+  smoke_stage1, smoke_stage2  panoptic, tiny models, a few steps on
+                    synthetic_scenes/tiny (seconds; used by the tests).
+
+  python train.py --config configs/uvim_synthetic.py:panoptic_stage1 \
+      --workdir /tmp/s1
+  python train.py --config configs/uvim_synthetic.py:panoptic_stage2 \
+      --config.oracle.checkpoint=/tmp/s1/checkpoints/3000 --workdir /tmp/s2
+"""
+import ml_collections
+
+_RES = 64
+_PATCH = (8, 8)
+_NUM_CLASSES = 9  # synthetic_scenes: 4 things, then 5 stuff classes.
+
+# Per task: the pp that makes (image, label), the task and its evaluator.
+# The images are already 64x64: the resizes only give the pipeline its static
+# shapes. No augmentation: the models underfit in these short runs.
+# Panoptic: semantic ids are class + 1 (0 void); at most 8 things and 5 stuff
+# segments, so 16 instance channels (0 void) hold every scene. Colorization:
+# the image is the grayscale input, the label its colour version.
+_TASKS = {
+    "panoptic": dict(
+        pp=("decode|coco_panoptic|make_canonical|"
+            "concat(['semantics', 'instances'], 'labels')|"
+            f"resize({_RES})|resize({_RES}, key='labels', method='nearest')|"
+            "value_range(-1, 1)|keep('image', 'labels')"),
+        task=dict(name="panoptic", num_classes=_NUM_CLASSES + 1,
+                  max_instances=16),
+        eval=dict(type="panoptic", categories="synthetic_scenes")),
+    "depth": dict(
+        pp=("decode|decode_depth_png|"
+            f"resize({_RES})|resize({_RES}, key='depth', method='nearest')|"
+            "value_range(-1, 1)|keep('image', 'depth')"),
+        task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=10.0),
+        eval=dict(type="depth", min_depth=1e-3, max_depth=16.0)),
+    "colorization": dict(
+        pp=(f"decode|resize({_RES})|copy('image', 'labels')|"
+            "rgb_to_grayscale_to_rgb|"
+            "value_range(-1, 1)|value_range(-1, 1, key='labels')|"
+            "keep('image', 'labels')"),
+        task=dict(name="colorization"),
+        eval=dict(type="colorization")),
+}
+
+
+def _stage1_model(smoke):
+  if smoke:
+    return dict(input_size=(_RES, _RES), patch_size=_PATCH, code_len=4,
+                width=32, enc_depth=1, dec_depth=1, mlp_dim=64, num_heads=2,
+                dict_size=16, codeword_dim=8, with_encoder_ctx=True,
+                with_decoder_ctx=True, code_dropout="random",
+                bottleneck_resize=True)
+  return dict(input_size=(_RES, _RES), patch_size=_PATCH, code_len=16,
+              width=128, enc_depth=4, dec_depth=4, mlp_dim=512, num_heads=4,
+              dict_size=128, codeword_dim=32, dict_momentum=0.995,
+              with_encoder_ctx=True, with_decoder_ctx=True,
+              code_dropout="random", bottleneck_resize=True)
+
+
+def _common(task, smoke):
+  """Input, optimizer, logging and mesh shared by both stages."""
+  data = "synthetic_scenes/tiny" if smoke else "synthetic_scenes/64x64"
+  # One field for the train and eval data: None means $TFDS_DATA_DIR.
+  data_dir = ml_collections.config_dict.placeholder(str)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.input = dict(
+      data=dict(name=data, split="train", data_dir=data_dir),
+      pp=_TASKS[task]["pp"], batch_size=8 if smoke else 32,
+      shuffle_buffer_size=48 if smoke else 10_000, cache_raw=True)
+  config.task = _TASKS[task]["task"]
+  config.log_training_steps = 2 if smoke else 100
+  config.checkpoint_steps = 3 if smoke else 500
+  config.keep_checkpoint_steps = None if smoke else 1000
+  config.optax_name = "scale_by_adafactor"
+  config.optax = dict(beta2_cap=0.95)
+  config.wd = 1e-4
+  config.schedule = dict(warmup_steps=2 if smoke else 200,
+                         decay_type="cosine")
+  config.grad_clip_norm = 1.0
+  config.mesh = [("data", -1)]
+  config.evals = dict(val=dict(
+      **_TASKS[task]["eval"], pred="predict",
+      data=dict(name=data, split="validation", data_dir=data_dir),
+      pp=_TASKS[task]["pp"], batch_size=8 if smoke else 200,
+      log_steps=3 if smoke else 1000))
+  return config
+
+
+def _stage1(task, smoke, base_only=False):
+  config = _common(task, smoke)
+  config.trainer = "uvim_stage1"
+  config.model = _stage1_model(smoke)
+  if base_only:
+    config.model.zero_decoder_seq = True
+  config.total_steps = 6 if smoke else 3000
+  config.lr = 1e-3
+  config.w_commitment = 0.25
+  config.freeze_dict = False
+  config.evals.codebook = dict(
+      type="codebook", pred="code", dict_size=config.model.dict_size,
+      data=config.evals.val.data, pp=config.evals.val.pp,
+      batch_size=config.evals.val.batch_size,
+      log_steps=config.evals.val.log_steps)
+  return config
+
+
+def _stage2(task, smoke, autoregressive=True):
+  config = _common(task, smoke)
+  config.trainer = "uvim_stage2"
+  oracle = _stage1_model(smoke)
+  # The frozen stage-I model: its architecture, and the checkpoint (a uvimx
+  # step directory or a big_vision .npz) that the LM learns the codes of.
+  config.oracle = dict(model=oracle,
+                       checkpoint=ml_collections.config_dict.placeholder(str))
+  config.model = dict(
+      patches=dict(size=_PATCH), input_size=(_RES, _RES),
+      num_layers=1 if smoke else 4, num_heads=2 if smoke else 4,
+      mlp_dim=64 if smoke else 512, emb_dim=32 if smoke else 128,
+      seq_len=oracle["code_len"], vocab_size=oracle["dict_size"] + 1,
+      posemb_type="learn", autoregressive=autoregressive)
+  config.total_steps = 6 if smoke else 3000
+  config.lr = 1e-3
+  # Greedy decoding (temperature 0) for the metrics, as UViM reports them.
+  config.sampling = dict(temperature=0.0)
+  return config
+
+
+def get_config(arg="panoptic_stage1"):
+  """Returns the config of variant `arg` (see the module docstring)."""
+  task, _, what = arg.partition("_")
+  smoke = task == "smoke"
+  if smoke:
+    task = "panoptic"
+  builders = {
+      "stage1": lambda: _stage1(task, smoke),
+      "base_only": lambda: _stage1(task, smoke, base_only=True),
+      "stage2": lambda: _stage2(task, smoke),
+      "stage2_nonar": lambda: _stage2(task, smoke, autoregressive=False),
+  }
+  if task not in _TASKS or what not in builders:
+    raise ValueError(
+        f"Unknown variant {arg!r}: use {{panoptic, depth, colorization}}_"
+        "{stage1, base_only, stage2}, panoptic_stage2_nonar, smoke_stage1 or "
+        "smoke_stage2.")
+  return builders[what]()

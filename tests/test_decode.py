@@ -1,0 +1,177 @@
+"""Sampling: big_vision greedy parity, cache vs no cache, filters, seeds."""
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import test_lm  # The sibling test module (pytest puts tests/ on the path).
+from uvimx import decode
+
+B, L, V = test_lm.B, test_lm.L, test_lm.V
+
+
+@functools.cache
+def sampler(autoregressive=True, **options):
+  """(params, jitted sample fn) on `test_lm.random_lm`, compiled once."""
+  model, params, _ = test_lm.random_lm(autoregressive=autoregressive)
+  return params, decode.make_sample_fn(model, **options)
+
+
+@test_lm.needs_fixtures
+def test_greedy_matches_big_vision():
+  model, params = test_lm.fixture_model_and_params()
+  io = np.load(f"{test_lm.FIXTURES}/stage2_io.npz")
+  codes, logprobs = decode.make_sample_fn(model)(params, io["image"],
+                                                 jnp.arange(B))
+  assert codes.shape == logprobs.shape == (B, 1, L)
+  np.testing.assert_array_equal(codes[:, 0], io["greedy_codes"])
+  np.testing.assert_allclose(logprobs[:, 0], io["greedy_logprobs"], atol=1e-4,
+                             rtol=0)
+
+
+def test_cached_greedy_equals_uncached_argmax():
+  images, seeds = test_lm._images(), jnp.arange(B)
+  params, cached = sampler(num_samples=2)
+  codes, logprobs = cached(params, images, seeds)
+  _, naive = sampler(num_samples=2, cached=False)
+  naive_codes, naive_logprobs = naive(params, images, seeds)
+  np.testing.assert_array_equal(codes, naive_codes)
+  np.testing.assert_allclose(logprobs, naive_logprobs, atol=1e-5, rtol=0)
+  # Each code is the argmax of the teacher-forced logits of its own sequence,
+  # by a margin that float rounding cannot flip, and the codes vary.
+  _, _, apply = test_lm.random_lm()
+  logits = apply({"params": params}, images, codes[:, 0])
+  np.testing.assert_array_equal(logits.argmax(-1), codes[:, 0])
+  second, first = np.moveaxis(np.sort(logits, axis=-1)[..., -2:], -1, 0)
+  assert (first - second).min() > 1e-4
+  assert len(np.unique(codes)) > 2
+
+
+def test_tightest_filters_equal_greedy():
+  """top_k=1, and top_p below the top probability, draw the argmax."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(1000, V)), jnp.float32)
+  keys = jax.random.split(jax.random.key(0), 1000)
+  greedy = decode._choose(logits, keys, 0.0, 0, 0.0)
+  for top_k, top_p in ((1, 0.0), (0, 1e-6)):
+    np.testing.assert_array_equal(
+        decode._choose(logits, keys, 1.0, top_k, top_p), greedy)
+  # Unfiltered draws at temperature 1 do differ from the argmax.
+  assert (decode._choose(logits, keys, 1.0, 0, 0.0) != greedy).mean() > 0.5
+
+
+def test_keep_mask():
+  # Probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625 (in another order).
+  logits = jnp.log(jnp.array([[0.0625, 0.5, 0.125, 0.25, 0.0625]]))
+  keep = lambda **kw: np.asarray(decode._keep_mask(logits, **kw))[0]
+  np.testing.assert_array_equal(keep(top_k=2, top_p=0), [0, 1, 0, 1, 0])
+  np.testing.assert_array_equal(keep(top_k=0, top_p=0.5), [0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(keep(top_k=0, top_p=0.6), [0, 1, 0, 1, 0])
+  np.testing.assert_array_equal(keep(top_k=0, top_p=1e-9), [0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(keep(top_k=0, top_p=0.8), [0, 1, 1, 1, 0])
+  # The two least likely tokens tie: both are kept, or neither.
+  np.testing.assert_array_equal(keep(top_k=0, top_p=0.9), [1, 1, 1, 1, 1])
+  np.testing.assert_array_equal(keep(top_k=2, top_p=0.9), [0, 1, 0, 1, 0])
+  np.testing.assert_array_equal(keep(top_k=0, top_p=1.0), [1, 1, 1, 1, 1])
+
+
+def _check_frequencies(codes, p, temperature, top_k, top_p):
+  """Token frequencies in `codes` against p (sorted) tempered and filtered.
+
+  Every draw has its own key, so the draws are independent and the
+  frequency of a token of probability q has standard deviation
+  sqrt(q (1 - q) / n), at most 0.0056 for n = 8000: a correct sampler
+  leaves 5 sigma with probability < 1e-6 per token.
+  """
+  expected = p ** (1 / temperature)
+  expected /= expected.sum()
+  keep = np.arange(len(p)) < (top_k or len(p))
+  if top_p:  # The smallest prefix of mass >= top_p.
+    keep &= np.cumsum(expected) - expected < top_p
+  expected = np.where(keep, expected, 0) / expected[keep].sum()
+  n = codes.size
+  freq = np.bincount(np.asarray(codes).ravel(), minlength=V)[:len(p)] / n
+  assert freq.sum() == 1  # Nothing outside the support.
+  sigma = np.sqrt(expected * (1 - expected) / n)
+  np.testing.assert_array_less(np.abs(freq - expected), 5 * sigma + 1e-12)
+
+
+P = np.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.05, 0.05, 0.05])
+
+
+def test_sampling_frequencies_of_a_known_lm():
+  """An LM whose every next-token distribution is P (zero logits kernel,
+  bias log P): 16 positions x 500 samples at temperature 2, top-k 3."""
+  bias = np.full(V, -1e9, np.float32)
+  bias[:len(P)] = np.log(P)
+  params, sample = sampler(num_samples=500, temperature=2.0, top_k=3)
+  decoder = dict(params["decoder"], LogitsDense={
+      "kernel": jnp.zeros((64, V)), "bias": jnp.asarray(bias)})
+  codes, logprobs = sample(dict(params, decoder=decoder), test_lm._images(1),
+                           jnp.arange(1))
+  # Log-probabilities are the model's own, untempered and unfiltered.
+  np.testing.assert_allclose(logprobs, np.log(P)[codes], atol=1e-5)
+  _check_frequencies(codes, P, 2.0, 3, 0.0)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, 0, 0.0), (0.5, 0, 0.8), (1.0, 5, 0.5)])
+def test_sampling_frequencies(temperature, top_k, top_p):
+  """8000 draws of `_choose` from logits log P."""
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(P, jnp.float32)), (8000, 8))
+  keys = jax.random.split(jax.random.key(0), 8000)
+  codes = decode._choose(logits, keys, temperature, top_k, top_p)
+  _check_frequencies(codes, P, temperature, top_k, top_p)
+
+
+@pytest.mark.parametrize("autoregressive", [True, False])
+def test_samples_do_not_depend_on_the_rest_of_the_batch(autoregressive):
+  params, sample = sampler(autoregressive, num_samples=2, temperature=1.0)
+  images, seeds = test_lm._images(4), jnp.array([6, 7, 8, 9])
+  codes, logprobs = sample(params, images, seeds)
+  alone, alone_logprobs = sample(params, images[1:2], seeds[1:2])
+  np.testing.assert_array_equal(alone[0], codes[1])
+  np.testing.assert_allclose(alone_logprobs[0], logprobs[1], atol=1e-5,
+                             rtol=0)
+  # The two samples of an image differ, and so do other seeds' samples.
+  assert (codes[:, 0] != codes[:, 1]).any()
+  assert (sample(params, images, seeds + 4)[0] != codes).any()
+
+
+def test_key_seeds_and_encode_chunks_change_nothing():
+  params, sample = sampler(True, num_samples=2, temperature=1.0)
+  images, seeds = test_lm._images(4), jnp.array([6, 7, 8, 9])
+  _, chunked = sampler(True, num_samples=2, temperature=1.0, encode_chunk=2)
+  np.testing.assert_array_equal(
+      chunked(params, images, jax.vmap(jax.random.key)(seeds))[0],
+      sample(params, images, seeds)[0])
+
+
+def test_non_autoregressive_samples_in_one_pass():
+  images, seeds = test_lm._images(), jnp.arange(B)
+  params, sample = sampler(autoregressive=False, num_samples=3)
+  codes, logprobs = sample(params, images, seeds)
+  assert codes.shape == logprobs.shape == (B, 3, L)
+  model, _, apply = test_lm.random_lm(autoregressive=False)
+  logits = apply({"params": params}, images)
+  np.testing.assert_array_equal(codes[:, 0], jnp.argmax(logits, -1))
+  # One pass: the non-autoregressive sampler has no loop, the other has one.
+  loops = lambda m, p: re.findall(r"\b(?:scan|while)\[", str(jax.make_jaxpr(
+      lambda p: decode.sample(m, p, images, seeds, temperature=1.0))(p)))
+  assert not loops(model, params)
+  assert loops(*test_lm.random_lm()[:2])
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(num_samples=0), "num_samples"), (dict(temperature=-1), "temperature"),
+    (dict(top_k=V + 1), "top_k"), (dict(top_p=1.5), "top_p"),
+    (dict(encode_chunk=3), "encode_chunk")])
+def test_bad_options_raise(options, match):
+  model, params, _ = test_lm.random_lm()
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(lambda p: decode.sample(
+        model, p, jnp.zeros((4, 32, 32, 3)), jnp.arange(4), **options),
+                   params)

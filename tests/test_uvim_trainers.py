@@ -1,0 +1,144 @@
+"""UViM trainers: stage I and II through train.py, and big_vision parity.
+
+The parity test runs the stage-II trainer on the big_vision fixture
+(../shared/fixtures/big_vision_uvim, see its README): with both released-
+format checkpoints loaded, the trainer's target codes, loss and full
+prediction (greedy LM sampling, then the stage-I base model, then the
+panoptic decoding) must be big_vision's.
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import uvim_synthetic
+from evaluators import codebook
+from uvimx import checkpoint
+from uvimx import sharding
+from uvimx import trainers
+from uvimx.trainers import uvim_stage2
+import train
+
+FIXTURES = (pathlib.Path(__file__).parent.parent.parent / "shared" /
+            "fixtures" / "big_vision_uvim")
+
+
+def smoke_config(variant, data_dir, workdir_s1=None):
+  config = uvim_synthetic.get_config(variant)
+  config.input.data.data_dir = data_dir
+  for evaluator in config.evals.values():
+    evaluator.data.data_dir = data_dir
+  if workdir_s1:
+    config.oracle.checkpoint = str(pathlib.Path(workdir_s1) / "checkpoints" /
+                                   str(config.total_steps))
+  return config
+
+
+def test_stage1_then_stage2_train(tfds_data_dir, tmp_path):
+  s1_config = smoke_config("smoke_stage1", tfds_data_dir)
+  s1 = jax.device_get(train.train_and_evaluate(s1_config, str(tmp_path / "s1")))
+  # EMA counts: each step discounts them by m and adds the batch's
+  # B * code_len assignments; LBG splitting only moves counts. Starting from
+  # dict_size ones, after k steps they sum to
+  # dict_size m^k + B L (1 - m^k) / (1 - m).
+  model = trainers.get_trainer(s1_config).model
+  m, k = model.dict_momentum, s1_config.total_steps
+  assignments = s1_config.input.batch_size * model.code_len
+  np.testing.assert_allclose(
+      s1["state"]["counts"].sum(),
+      model.dict_size * m**k + assignments * (1 - m**k) / (1 - m), rtol=1e-5)
+  assert np.all(s1["state"]["counts"] >= model.min_count)
+
+  s2_config = smoke_config("smoke_stage2", tfds_data_dir, tmp_path / "s1")
+  s2 = jax.device_get(train.train_and_evaluate(s2_config, str(tmp_path / "s2")))
+  # The stage-I model rides along frozen, exactly as stage I left it.
+  jax.tree.map(np.testing.assert_array_equal, s2["state"]["oracle"],
+               {"params": s1["params"], "state": s1["state"]})
+
+
+def test_stage2_requires_an_oracle_checkpoint(tfds_data_dir, tmp_path):
+  config = smoke_config("smoke_stage2", tfds_data_dir)
+  with pytest.raises(ValueError, match="config.oracle.checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_stage2_vocab_must_fit_the_oracle():
+  config = uvim_synthetic.get_config("smoke_stage2")
+  config.model.vocab_size += 1
+  with pytest.raises(ValueError, match="vocab_size"):
+    uvim_stage2.Trainer(config)
+
+
+def _fixture_config():
+  """A stage-II config of the fixture's two models."""
+  spec = json.loads((FIXTURES / "config.json").read_text())
+  oracle = {k: v for k, v in spec["stage1"]["config_kwargs"].items()
+            if k not in ("inputs", "outputs", "statistics_axis_name")}
+  config = ml_collections.ConfigDict()
+  config.trainer = "uvim_stage2"
+  config.task = dict(name="panoptic", num_classes=9, max_instances=5)
+  config.oracle = dict(model=oracle,
+                       checkpoint=str(FIXTURES / "stage1.npz"))
+  config.model = dict(patches=dict(size=(4, 4)), num_heads=4, num_layers=2,
+                      mlp_dim=128, emb_dim=64, vocab_size=33, seq_len=16,
+                      input_size=(32, 32), posemb_type="learn")
+  config.sampling = dict(temperature=0.0)
+  return config
+
+
+def test_stage2_matches_big_vision_pipeline():
+  io1 = np.load(FIXTURES / "stage1_io.npz")
+  io2 = np.load(FIXTURES / "stage2_io.npz")
+  trainer = uvim_stage2.Trainer(_fixture_config())
+  batch = {"image": io1["image"], "labels": io1["labels"]}
+  variables = trainer.load_pretrained(
+      jax.device_get(trainer.init(jax.random.key(0), batch)))
+  params = checkpoint.load_big_vision_npz(
+      str(FIXTURES / "stage2.npz"), {"params": variables["params"]})["params"]
+  state = variables["state"]
+
+  # Targets: the stage-I code + 1, big_vision's `encode_labels`.
+  np.testing.assert_array_equal(trainer._codes(state, batch), io2["tokens"])
+  # Loss: teacher-forced cross-entropy, mean over tokens.
+  logp = jax.nn.log_softmax(io2["logits"].astype(np.float64))
+  expected = -np.take_along_axis(logp, io2["tokens"][..., None], -1).mean()
+  loss, (_, measurements) = jax.jit(trainer.loss)(
+      params, state, batch, jax.random.key(0))
+  np.testing.assert_allclose(loss, expected, atol=1e-4)
+  np.testing.assert_allclose(
+      measurements["token_accuracy"],
+      np.mean(io2["logits"].argmax(-1) == io2["tokens"]))
+  # Prediction: greedy codes -> base model -> panoptic map, exactly.
+  predict = jax.jit(trainer.predict_fns()["predict"])
+  out = predict({"params": params, "state": state}, batch)
+  np.testing.assert_array_equal(out["panoptic"], io2["pipeline_pred/panoptic"])
+
+
+def test_codebook_evaluator_counts_codewords(tfds_data_dir):
+  # Codes from the image: (red value of pixel (0, 0)) // 8 and a constant 31.
+  # The expectation is computed from the split read directly; the padding
+  # examples of the last batch (all-zero images, code 0) must not count.
+  data = dict(name="synthetic_scenes/tiny", split="validation",
+              data_dir=tfds_data_dir)
+
+  def predict(variables, batch):
+    del variables
+    first = batch["image"][:, 0, 0, 0].astype(jnp.int32) // 8
+    return {"code": jnp.stack([first, jnp.full_like(first, 31)], axis=1)}
+
+  evaluator = codebook.Evaluator(
+      predict, mesh=sharding.make_mesh([("data", -1)]), data=data,
+      pp="decode|keep('image')", batch_size=16, dict_size=32)
+  metrics = dict(evaluator.run({}))
+
+  red = np.array([ex["image"][0, 0, 0] for ex in tfds.as_numpy(tfds.load(
+      data["name"], split="validation", data_dir=tfds_data_dir))])
+  codes = np.concatenate([red // 8, np.full(len(red), 31)])
+  assert len(red) == 24 and 24 % 16  # So the last batch is padded.
+  assert metrics["used"] == len(np.unique(codes)) / 32
+  assert metrics["max_ratio"] == np.bincount(codes).max() / len(codes)

@@ -1,0 +1,211 @@
+"""UViM stage II: a language model that predicts the stage-I code from the image.
+
+A frozen stage-I model (`config.oracle`) turns every training label into its
+guiding code on the fly; the encoder-decoder LM (`uvimx/models/lm.py`) learns
+it with teacher forcing. At evaluation the LM samples a code
+(`uvimx/decode.py`) and the stage-I base model decodes it, with the image,
+into the task's prediction. The config:
+
+  config.oracle = dict(model=<stage-I model kwargs>,
+                       checkpoint="S1_WORKDIR/checkpoints/N" or "x.npz")
+  config.model = dict(patches=dict(size=...), input_size=..., num_layers=...,
+                      emb_dim=..., seq_len=<code_len>,
+                      vocab_size=<dict_size + 1>, autoregressive=True, ...)
+  config.task = the stage-I task
+  config.sampling = dict(temperature=0.0, top_k=0, top_p=0.0, num_samples=4)
+  config.encoder_init = optional big_vision ViT .npz for the LM's encoder
+
+The frozen model lives in the model state ("state"/"oracle"), so a stage-II
+checkpoint holds everything its predictions need. Code tokens are stage-I
+indices + 1: token 0 is the LM's BOS/padding, as in big_vision.
+"""
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from uvimx import checkpoint
+from uvimx import decode
+from uvimx import tasks
+from uvimx.models import lm
+from uvimx.trainers import uvim_stage1
+
+# big_vision ViT checkpoint names -> the LM's encoder names.
+_VIT_TO_LM = (("Transformer/", "encoder/"), ("embedding/", "EmbedPatches/"),
+              ("pos_embedding", "pos_embedding_encoder"))
+
+
+def _image_seeds(images):
+  """(B,) int32 seeds from the images, so every example gets its own draw.
+
+  As big_vision's predict fn: the seed depends only on the example, not on
+  its batch or position in it.
+  """
+  return jax.lax.bitcast_convert_type(
+      jnp.sum(images, axis=(1, 2, 3)), jnp.int32)
+
+
+class Trainer:
+  """init / loss / predict_fns of the stage-II LM."""
+
+  def __init__(self, config):
+    self.config = config
+    self.task = tasks.get_task(config.task.name)
+    # Tasks read the patch grid from `model`: here the stage-I model's.
+    self.task_config = ml_collections.ConfigDict(
+        {"task": config.task, "model": config.oracle.model})
+    self.oracle = uvim_stage1.make_model(config.oracle.model, self.task_config)
+    self.model = lm.Model(**config.model)
+    expected = {"seq_len": config.oracle.model.code_len,
+                "vocab_size": config.oracle.model.dict_size + 1}
+    for key, value in expected.items():
+      if config.model[key] != value:
+        raise ValueError(
+            f"config.model.{key} is {config.model[key]}, but the stage-I "
+            f"model (config.oracle.model) needs {value}.")
+    self.sampling = dict(config.get("sampling", {}))
+    self.num_samples = self.sampling.pop("num_samples", 4)
+
+  def input_spec(self, batch_size):
+    image = jax.ShapeDtypeStruct(
+        (batch_size, *self.config.model.input_size, 3), jnp.float32)
+    labels = {k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype)
+              for k, v in self.task.label_spec(self.task_config).items()}
+    return {"image": image, **labels}
+
+  def init(self, rng, batch):
+    lm_rng, oracle_rng = jax.random.split(rng)
+    oracle = self.oracle.init(
+        {"params": oracle_rng, "state": oracle_rng},
+        self.task.model_inputs(batch, self.task_config), ctx=batch["image"])
+    tokens = jnp.zeros((batch["image"].shape[0], self.config.model.seq_len),
+                       jnp.int32)
+    params = self.model.init(lm_rng, batch["image"], tokens)["params"]
+    return {"params": params, "state": {"oracle": oracle}}
+
+  def load_pretrained(self, variables):
+    """The stage-I checkpoint into "state", a ViT into the LM's encoder."""
+    path = self.config.oracle.get("checkpoint")
+    if not path:
+      raise ValueError(
+          "Stage II needs the trained stage-I model: set "
+          "config.oracle.checkpoint to a uvimx step directory "
+          "(S1_WORKDIR/checkpoints/N) or a big_vision .npz.")
+    oracle = variables["state"]["oracle"]
+    if path.endswith(".npz"):
+      oracle = checkpoint.load_big_vision_npz(path, template=oracle)
+    else:
+      oracle = checkpoint.load_variables(path, jax.eval_shape(lambda: oracle))
+    params = variables["params"]
+    if self.config.get("encoder_init"):
+      params = _load_vit_encoder(self.config.encoder_init, params)
+    return {"params": params, "state": {"oracle": oracle}}
+
+  def _codes(self, state, batch):
+    """The frozen stage-I code of every label, as LM tokens (index + 1)."""
+    _, out = self.oracle.apply(
+        state["oracle"], self.task.model_inputs(batch, self.task_config),
+        ctx=batch["image"], method=self.oracle.encode)
+    return jax.lax.stop_gradient(out["code"]) + 1
+
+  def loss(self, params, state, batch, rng):
+    tokens = self._codes(state, batch)
+    logits = self.model.apply({"params": params}, batch["image"], tokens,
+                              train=True, rngs={"dropout": rng})
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
+    return jnp.mean(nll), (state, {"token_accuracy": accuracy})
+
+  def sample_codes(self, params, images, num_samples, seeds=None,
+                   **sampling):
+    """LM tokens (B, N, L): `num_samples` codes sampled for every image.
+
+    Args:
+      params: the LM's params.
+      images: (B, H, W, 3), the model's input images.
+      num_samples: N.
+      seeds: (B,) per-example seeds; by default derived from the images, so
+        an image gets the same draws whatever batch it is in.
+      **sampling: overrides of config.sampling (temperature, top_k, top_p).
+
+    Returns:
+      int32 tokens in [1, vocab_size): stage-I indices + 1.
+    """
+    if seeds is None:
+      seeds = _image_seeds(images)
+    codes, _ = decode.sample(self.model, params, images, seeds,
+                             num_samples=num_samples,
+                             **{**self.sampling, **sampling})
+    # A trained LM does not predict the BOS token 0; should an untrained
+    # one, it decodes as codeword 0 rather than out of range.
+    return jnp.maximum(codes, 1)
+
+  def _decode_labels(self, state, tokens, images):
+    """Stage-I base model: LM tokens (B, L) + images -> task prediction."""
+    logits, _ = self.oracle.apply(
+        state["oracle"], tokens - 1, ctx=images, discrete_input=True,
+        method=self.oracle.decode)
+    return self.task.predict_outputs(logits, self.task_config)
+
+  def predict_fns(self):
+    def predict(variables, batch):
+      """The task prediction from one sampled code (config.sampling)."""
+      codes = self.sample_codes(variables["params"], batch["image"], 1)[:, 0]
+      return self._decode_labels(variables["state"], codes, batch["image"])
+
+    def sample_diversity(variables, batch):
+      """{"diversity": (B,)}: mean pairwise RMS distance between samples.
+
+      Over `num_samples` codes per image, decoded to the task's first
+      prediction (e.g. the colours); 0 when all samples agree.
+      """
+      images = batch["image"]
+      codes = self.sample_codes(variables["params"], images, self.num_samples)
+      decoded = jax.vmap(
+          lambda c: self._decode_labels(variables["state"], c, images),
+          in_axes=1, out_axes=1)(codes)
+      x = next(iter(decoded.values())).astype(jnp.float32)
+      x = x.reshape(x.shape[:2] + (-1,))
+      rms = jnp.sqrt(jnp.mean(
+          jnp.square(x[:, :, None] - x[:, None, :]), axis=-1))
+      n = self.num_samples
+      return {"diversity": jnp.sum(rms, axis=(1, 2)) / max(n * (n - 1), 1)}
+
+    def code_loss(variables, batch):
+      """{"xent", "token_accuracy"}: per-example teacher-forced scores."""
+      tokens = self._codes(variables["state"], batch)
+      logits = self.model.apply({"params": variables["params"]},
+                                batch["image"], tokens)
+      logp = jax.nn.log_softmax(logits)
+      nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+      correct = jnp.argmax(logits, axis=-1) == tokens
+      return {"xent": jnp.mean(nll, axis=1),
+              "token_accuracy": jnp.mean(correct, axis=1)}
+
+    return {"predict": predict, "sample_diversity": sample_diversity,
+            "code_loss": code_loss}
+
+
+def _load_vit_encoder(path, params):
+  """The LM params with the encoder taken from a big_vision ViT .npz."""
+  vit = checkpoint.load_big_vision_npz(path)["params"]
+  flat = {}
+  for name, value in traverse_util.flatten_dict(vit, sep="/").items():
+    for old, new in _VIT_TO_LM:
+      if name.startswith(old):
+        flat[new + name[len(old):]] = value
+  lm_flat = traverse_util.flatten_dict(params, sep="/")
+  missing = sorted(k for k in lm_flat
+                   if k.startswith(("encoder/", "EmbedPatches/",
+                                    "pos_embedding_encoder"))
+                   and k not in flat)
+  wrong = sorted(k for k, v in flat.items()
+                 if k in lm_flat and v.shape != lm_flat[k].shape)
+  if missing or wrong:
+    raise ValueError(f"ViT checkpoint {path!r} does not fit the LM encoder: "
+                     f"missing {missing}, wrong shapes {wrong}.")
+  return traverse_util.unflatten_dict(
+      {**lm_flat, **{k: v for k, v in flat.items() if k in lm_flat}},
+      sep="/")
+
