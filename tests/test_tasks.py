@@ -120,6 +120,30 @@ def test_depth_loss_skips_unmeasured_pixels_and_predicts_bin_centres():
   assert m["depth_rmse"] == pytest.approx(rmse, rel=1e-5)
 
 
+def test_depth_soft_targets_and_mean_decoding_by_hand():
+  # 4 bins of 1 m over 0-4 m; a 1x1 "patch" grid of one pixel at 1.5 m
+  # (bin 1) and one unmeasured pixel that must not count.
+  config = _config((1, 2), (1, 2), name="depth", num_bins=4, min_depth=0.0,
+                   max_depth=4.0, target_sigma=1.0, decoding="mean")
+  d = np.array([1.5, 0.0], np.float32).reshape(1, 1, 2, 1)
+  z = np.array([0.3, 1.2, -0.5, 0.1])
+  logits = np.zeros((1, 1, 4, 2), np.float32)
+  logits[0, 0, :, 0] = z
+  logits[0, 0, :, 1] = [9.0, 0, 0, 0]  # The unmeasured pixel.
+  # Target: Gaussian over bin ids around bin 1, sigma 1 bin.
+  q = np.exp(-0.5 * (np.arange(4) - 1.0) ** 2)
+  q /= q.sum()
+  logp = z - np.log(np.exp(z).sum())
+  per_example, m = depth.loss({"depth": logits}, {"depth": d}, config)
+  np.testing.assert_allclose(per_example, [-(q * logp).sum()], rtol=1e-5)
+  # Mean decoding: sum_k p_k (k + 0.5) for the measured pixel.
+  p = np.exp(logp)
+  mean = (p * (np.arange(4) + 0.5)).sum()
+  pred = depth.predict_outputs({"depth": logits}, config)["depth"]
+  np.testing.assert_allclose(pred[0, 0, 0], mean, rtol=1e-5)
+  assert m["depth_rmse"] == pytest.approx(abs(mean - 1.5), rel=1e-5)
+
+
 def test_task_args_errors():
   with pytest.raises(ValueError, match="Unknown config.task keys.*max_dept"):
     depth.model_outputs(_config((2, 2), (4, 4), name="depth", max_dept=10.0))
