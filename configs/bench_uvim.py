@@ -74,8 +74,10 @@ def get_config(arg="s1"):
         seq_len=_STAGE1_MODEL["code_len"],
         vocab_size=_STAGE1_MODEL["dict_size"] + 1, posemb_type="learn")
     config.lr = 1e-3
-    config.lr_mults = [("pos_embedding_encoder", 0.1), ("EmbedPatches/.*", 0.1),
-                       ("encoder/.*", 0.1), ("decoder/.*", 1.0)]
+    # As the paper's stage II: a (nominally pre-trained) encoder at 0.1x.
+    config.lr_mults = [("pos_embedding_encoder.*", 0.1),
+                       ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
+                       ("decoder.*", 1.0)]
   else:
     raise ValueError(f"Unknown variant {arg!r}: use 's1' or 's2'.")
   return config

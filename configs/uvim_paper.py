@@ -18,7 +18,7 @@ or colorization and stage stage1 or stage2:
   python train.py --config configs/uvim_paper.py:panoptic_stage2 \
       --config.oracle.checkpoint=/tmp/coco_s1/checkpoints/N \
       --config.encoder_init=/path/vit_l16_i21k.npz \
-      --config.evals.coco_panoptic.categories=/path/panoptic_coco_categories.json \
+      --config.evals.coco_panoptic.categories=/path/categories.json \
       --workdir /tmp/coco_s2
 
 The stage-I checkpoint may also be one of big_vision's released ones
@@ -27,7 +27,8 @@ datasets must be prepared beforehand (COCO and ImageNet need manual
 downloads); `--config.input.data.data_dir` sets where they are, for training
 and evaluation at once.
 
-Differences from big_vision, all because uvimx does things differently:
+Where these configs differ from big_vision's (uvimx works differently or
+lacks a piece):
 - Stage II reads one image at 512x512 for both the LM and the stage-I model
   (big_vision's `image` and `image_ctx`, which its configs give the same
   size); the paper's 1280x1280 panoptic LM input would need them apart.
@@ -47,6 +48,7 @@ Differences from big_vision, all because uvimx does things differently:
   colorization evaluator computes FID between predictions and labels of
   the split from Inception-v3 weights the user provides
   (`inception_weights`; without them only PSNR).
+- The stage-II encoder initialisation: see `encoder_init` below.
 - big_vision's `singlehost` and `runlocal` variants are not reproduced; the
   defaults below are the paper's (big_vision's multi-host) settings.
 """
@@ -224,8 +226,12 @@ def _stage2(task):
                       input_size=(RES, RES))
   config.model.seq_len = config.oracle.model.get_ref("code_len")
   config.model.vocab_size = config.oracle.model.get_ref("dict_size") + 1
-  # big_vision's "howto-i21k-L/16": the ImageNet-21k ViT-L/16 of "How to
-  # train your ViT" (AugReg), as a big_vision .npz.
+  # big_vision's "howto-i21k-L/16", the ImageNet-21k ViT-L/16 of "How to
+  # train your ViT" (gs://vit_models/augreg/L_16-i21k-300ep-lr_0.001-
+  # aug_strong1-wd_0.1-do_0.0-sd_0.0.npz). The stage-II trainer loads a ViT
+  # .npz with big_vision's current names and 32x32 position embeddings: this
+  # 224px file first needs big_vision's `vit.fix_old_checkpoints` and
+  # `resample_posemb`, which uvimx does not have.
   config.encoder_init = ml_collections.config_dict.placeholder(str)
   config.lr = 1e-3
   config.wd = 1e-6

@@ -1,7 +1,6 @@
 """Tests of evaluators/colorization.py: PSNR by hand, the Fréchet distance
 against closed forms, and the evaluator on synthetic_scenes/tiny."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
@@ -9,7 +8,6 @@ import tensorflow_datasets as tfds
 
 from evaluators import colorization
 from uvimx import sharding
-from uvimx.models import inception
 import test_inception
 
 

@@ -26,7 +26,7 @@ from uvimx import utils
 from uvimx.trainers import uvim_stage2
 
 REPO = pathlib.Path(__file__).parent.parent
-BIG_VISION = REPO.parent / "shared" / "fixtures" / "big_vision_uvim"
+BIG_VISION = pathlib.Path("/work/shared/fixtures/big_vision_uvim")
 
 
 def random_variables(trainer, seed=0):

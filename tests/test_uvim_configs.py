@@ -159,6 +159,22 @@ def test_paper_config_values(variant):
     assert config.w_commitment == 0.0
 
 
+def test_paper_stage2_at_full_size():
+  """Unshrunk: the LM's encoder is exactly a headless ViT-L/16."""
+  config = uvim_paper.get_config("panoptic_stage2")
+  variables = init_shapes(config)
+  check_stage2(variables, config)
+  check_stage1(variables["state"]["oracle"], config.oracle.model,
+               expected_heads(config.task))
+  params = variables["params"]
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      (params["encoder"], params["EmbedPatches"])))
+  # ViT-L/16's 304,326,632 parameters less its 1000-class head, class token
+  # and 197 position embeddings (the LM learns 32x32 of its own).
+  assert count == 304_326_632 - 1_025_000 - 1024 - 197 * 1024
+  assert params["pos_embedding_encoder"].shape == (1, 32 * 32, 1024)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_stage2_lr_mults_slow_down_exactly_the_encoder(task):
   config = shrink(uvim_paper.get_config(f"{task}_stage2"))

@@ -24,8 +24,7 @@ from uvimx import trainers
 from uvimx.trainers import uvim_stage2
 import train
 
-FIXTURES = (pathlib.Path(__file__).parent.parent.parent / "shared" /
-            "fixtures" / "big_vision_uvim")
+FIXTURES = pathlib.Path("/work/shared/fixtures/big_vision_uvim")
 
 
 def smoke_config(variant, data_dir, workdir_s1=None):
