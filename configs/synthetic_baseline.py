@@ -44,8 +44,11 @@ _TASKS = {
         augment=_FLIP + _RESIZE,
         finish="",
         label="depth",
+        # Soft targets and expectation decoding: at 1500 steps on
+        # synthetic_scenes 1.1.0, val RMSE 0.772 m, against 0.837 m with
+        # argmax decoding (one-hot targets: 0.907 m at step 1000).
         task=dict(name="depth", num_bins=256, min_depth=0.0, max_depth=10.0,
-                  target_sigma=4.0, decoding="argmax")),
+                  target_sigma=4.0, decoding="mean")),
 }
 
 
