@@ -26,6 +26,9 @@ pure JAX: tasks never import TensorFlow.
 """
 import importlib
 
+import jax
+import jax.numpy as jnp
+
 
 def get_task(name):
   """Returns the module `uvimx.tasks.<name>`."""
@@ -36,3 +39,21 @@ def get_task(name):
       raise
     raise ValueError(f"Unknown config.task.name {name!r}: there is no module "
                      f"uvimx/tasks/{name}.py.") from None
+
+
+def batch_spec(config, batch_size):
+  """A training batch of `config`'s task: float32 RGB images and the labels.
+
+  Args:
+    config: holds `task` and `model.input_size` (the image and label size).
+    batch_size: the leading axis.
+
+  Returns:
+    {"image": (B, H, W, 3) float32, **labels}, as jax.ShapeDtypeStructs.
+  """
+  task = get_task(config.task.name)
+  image = jax.ShapeDtypeStruct((batch_size, *config.model.input_size, 3),
+                               jnp.float32)
+  labels = {k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype)
+            for k, v in task.label_spec(config).items()}
+  return {"image": image, **labels}

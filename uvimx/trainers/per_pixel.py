@@ -13,7 +13,6 @@ decodes the logits. The config:
 The model's outputs come from the task (semseg: {"semantics": num_classes},
 depth: {"depth": num_bins}), so `config.model` does not repeat them.
 """
-import jax
 import jax.numpy as jnp
 
 from uvimx import tasks
@@ -33,11 +32,7 @@ class Trainer:
                                  outputs=self.task.model_outputs(config))
 
   def input_spec(self, batch_size):
-    image = jax.ShapeDtypeStruct(
-        (batch_size, *self.config.model.input_size, 3), jnp.float32)
-    labels = {k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype)
-              for k, v in self.task.label_spec(self.config).items()}
-    return {"image": image, **labels}
+    return tasks.batch_spec(self.config, batch_size)
 
   def init(self, rng, batch):
     params = self.model.init(rng, batch["image"])["params"]

@@ -46,11 +46,7 @@ class Trainer:
     self.model = make_model(config.model, config)
 
   def input_spec(self, batch_size):
-    image = jax.ShapeDtypeStruct(
-        (batch_size, *self.config.model.input_size, 3), jnp.float32)
-    labels = {k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype)
-              for k, v in self.task.label_spec(self.config).items()}
-    return {"image": image, **labels}
+    return tasks.batch_spec(self.config, batch_size)
 
   def init(self, rng, batch):
     params_rng, state_rng = jax.random.split(rng)

@@ -67,11 +67,7 @@ class Trainer:
     self.num_samples = self.sampling.pop("num_samples", 4)
 
   def input_spec(self, batch_size):
-    image = jax.ShapeDtypeStruct(
-        (batch_size, *self.config.model.input_size, 3), jnp.float32)
-    labels = {k: jax.ShapeDtypeStruct((batch_size, *v.shape), v.dtype)
-              for k, v in self.task.label_spec(self.task_config).items()}
-    return {"image": image, **labels}
+    return tasks.batch_spec(self.task_config, batch_size)
 
   def init(self, rng, batch):
     lm_rng, oracle_rng = jax.random.split(rng)
@@ -112,10 +108,8 @@ class Trainer:
     tokens = self._codes(state, batch)
     logits = self.model.apply({"params": params}, batch["image"], tokens,
                               train=True, rngs={"dropout": rng})
-    logp = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
-    return jnp.mean(nll), (state, {"token_accuracy": accuracy})
+    nll, correct = _token_scores(logits, tokens)
+    return jnp.mean(nll), (state, {"token_accuracy": jnp.mean(correct)})
 
   def sample_codes(self, params, images, num_samples, seeds=None,
                    **sampling):
@@ -177,14 +171,19 @@ class Trainer:
       tokens = self._codes(variables["state"], batch)
       logits = self.model.apply({"params": variables["params"]},
                                 batch["image"], tokens)
-      logp = jax.nn.log_softmax(logits)
-      nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
-      correct = jnp.argmax(logits, axis=-1) == tokens
+      nll, correct = _token_scores(logits, tokens)
       return {"xent": jnp.mean(nll, axis=1),
               "token_accuracy": jnp.mean(correct, axis=1)}
 
     return {"predict": predict, "sample_diversity": sample_diversity,
             "code_loss": code_loss}
+
+
+def _token_scores(logits, tokens):
+  """(B, L) negative log-likelihoods of `tokens` and whether argmax hits."""
+  logp = jax.nn.log_softmax(logits)
+  nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+  return nll, jnp.argmax(logits, axis=-1) == tokens
 
 
 def _load_vit_encoder(path, params):
