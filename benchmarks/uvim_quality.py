@@ -12,25 +12,12 @@ TensorBoard logs: the validation metrics at the last step, the codebook usage
 of stage I on validation, and each run's training wall time.
 """
 import functools
-import glob
 import os
-import subprocess
-import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app
-from absl import flags
-import tensorflow as tf
 
+from benchmarks import quality_runs
 from configs import uvim_synthetic
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per run.",
-                               required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
-_RUNS = flags.DEFINE_list(
-    "runs", None, "Variants to train (default all); the table shows all "
-    "that have finished.")
 
 # Variant -> the stage-I variant whose checkpoint it needs.
 _VARIANTS = {
@@ -66,42 +53,26 @@ def _total_steps(variant):
 
 
 def _checkpoint(variant):
-  return os.path.join(_WORKDIR.value, variant, "checkpoints",
-                      str(_total_steps(variant)))
+  return quality_runs.last_checkpoint(variant, _total_steps(variant))
 
 
 def _train(variant):
   """Trains `variant` with train.py unless its last checkpoint exists."""
-  if os.path.isdir(_checkpoint(variant)):
-    return
   needs = _VARIANTS[variant]
-  command = [sys.executable, "train.py",
-             f"--config=configs/uvim_synthetic.py:{variant}",
-             f"--workdir={os.path.join(_WORKDIR.value, variant)}"]
-  if _DATA_DIR.value:
-    command.append(f"--config.input.data.data_dir={_DATA_DIR.value}")
+  extra = []
   if needs:
     if not os.path.isdir(_checkpoint(needs)):
       raise SystemExit(f"{variant} needs the finished {needs} run "
                        f"({_checkpoint(needs)}): train it first.")
-    command.append(f"--config.oracle.checkpoint={_checkpoint(needs)}")
-  print(" ".join(command), flush=True)
-  subprocess.run(command, check=True)
+    extra.append(f"--config.oracle.checkpoint={_checkpoint(needs)}")
+  quality_runs.train("configs/uvim_synthetic.py", variant,
+                     _total_steps(variant), extra)
 
 
 @functools.cache  # A stage-I run's codebook usage serves several rows.
 def _scalars(variant):
   """{tag: value} at the run's last step, and the run's wall seconds."""
-  workdir = os.path.join(_WORKDIR.value, variant)
-  last = _total_steps(variant)
-  values, times = {}, []
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      times.append(event.wall_time)
-      for value in event.summary.value:
-        if event.step == last:
-          values[value.tag] = float(tf.make_ndarray(value.tensor))
-  return values, (max(times) - min(times) if times else float("nan"))
+  return quality_runs.scalars(variant, _total_steps(variant))
 
 
 def _table():
@@ -125,9 +96,7 @@ def _table():
 
 def main(argv):
   del argv
-  for variant in _RUNS.value or _VARIANTS:
-    if variant not in _VARIANTS:
-      raise SystemExit(f"Unknown run {variant!r}: use {sorted(_VARIANTS)}.")
+  for variant in quality_runs.selected(_VARIANTS):
     _train(variant)
   _table()
 

@@ -5,6 +5,7 @@ import optax
 import pytest
 import test_train
 
+from configs import polymax_nyu
 from configs import polymax_synthetic
 from uvimx import losses
 from uvimx import trainers
@@ -39,6 +40,31 @@ def test_configs_init(variant):
   params = variables["params"]
   assert ("transformer_decoder" in params) != config.model.per_pixel
   assert ("per_pixel_head" in params) == config.model.per_pixel
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:-1])
+def test_nyu_configs_build(variant):
+  """The paper's NYUD-v2 models, shapes at 480x640."""
+  config = polymax_nyu.get_config(variant)
+  trainer = trainers.get_trainer(config)
+  params = jax.eval_shape(trainer.init, jax.random.key(0),
+                          trainer.input_spec(1))["params"]
+  assert params["backbone"]["stage4_block2"]["Conv_2"]["kernel"].shape == (
+      1, 1, 512, 2048)  # ResNet-50's last bottleneck.
+  if not config.model.per_pixel:  # One cluster per NYU-40 class, or 16.
+    assert params["transformer_decoder"]["cluster_centers"].shape[0] == (
+        40 if variant == "semseg" else 16)
+
+
+def test_nyu_config_inits_and_predicts_at_reduced_size():
+  config = polymax_nyu.get_config("semseg")
+  config.model.input_size = (64, 96)
+  trainer = trainers.get_trainer(config)
+  batch = {"image": np.zeros((1, 64, 96, 3), np.float32)}
+  variables = jax.jit(trainer.init)(jax.random.key(0), batch)
+  logits = trainer._predict(variables["params"], batch["image"])["final"]
+  assert logits["semantics"].shape == (1, 64, 96, 40)
+  assert np.all(np.isfinite(logits["semantics"]))
 
 
 def _small(variant, **overrides):
@@ -102,6 +128,41 @@ def test_pixels_without_a_label_do_not_count(variant, key, invalid):
       lambda p: trainer.loss(p, {}, batch, jax.random.key(1))[0])(params)
   assert loss == 0
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("variant", ["depth", "normals"])
+def test_cluster_maps_explain_the_prediction(variant):
+  config = _small(variant)
+  trainer = trainers.get_trainer(config)
+  batch = _batch(config)
+  variables = trainer.init(jax.random.key(0), batch)
+  maps = trainer.predict_fns()["cluster_maps"](variables, batch)
+  predicted = trainer.predict_fns()["predict"](variables, batch)[variant]
+  p = maps["probabilities"]
+  assert p.shape == (2, 32, 32, config.model.num_clusters)
+  np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-5)
+  np.testing.assert_allclose(maps[variant], predicted, rtol=1e-5, atol=1e-5)
+  # The prediction is the probability-weighted cluster value at every pixel
+  # of the label: exactly for depth (bilinear resizing is linear in the
+  # probabilities); for normals up to the renormalisation, which comes after
+  # the resize in the prediction.
+  if variant == "depth":
+    np.testing.assert_allclose(
+        predicted, np.einsum("bhwk,bk->bhw", p, maps["bin_centers"]),
+        rtol=1e-4, atol=1e-4)
+  else:
+    vectors = maps["cluster_normals"]
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=-1), 1,
+                               rtol=1e-5)
+    mixed = np.einsum("bhwk,bkc->bhwc", p, vectors)
+    cosine = np.sum(mixed * predicted, -1) / np.linalg.norm(mixed, axis=-1)
+    assert np.all(cosine > 0.99)
+
+
+def test_only_cluster_models_have_cluster_maps():
+  for variant in ("semseg", "perpixel_depth"):
+    assert set(trainers.get_trainer(
+        polymax_synthetic.get_config(variant)).predict_fns()) == {"predict"}
 
 
 def test_unknown_loss_term_or_task_is_an_error():

@@ -58,15 +58,20 @@ def get_builder(name, data_dir=None):
         f"tiny); TFDS said: {str(e).splitlines()[0]}") from None
   if builder.is_prepared():
     return builder
-  # uvimx's own builders render their data and download nothing: building
-  # them on first use keeps "train on synthetic_scenes" a single command.
-  if type(builder).__module__.startswith("uvimx.datasets"):
+  # uvimx's rendered datasets download nothing: building them on first use
+  # keeps "train on synthetic_scenes" a single command. Those made from
+  # manually downloaded files (nyuv2_labeled) are built once by the user.
+  if (type(builder).__module__.startswith("uvimx.datasets") and
+      not builder.MANUAL_DOWNLOAD_INSTRUCTIONS):
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
     builder.download_and_prepare()
     return builder
+  imports = ("--imports uvimx.datasets " if type(builder).__module__
+             .startswith("uvimx.datasets") else "")
   raise FileNotFoundError(
       f"Dataset {name!r} is not prepared in the TFDS data dir "
-      f"{builder.data_dir_root!r}. Prepare it once with `tfds build {name} "
+      f"{builder.data_dir_root!r}. Prepare it once with `tfds build "
+      f"{imports}{name} "
       f"--data_dir={builder.data_dir_root}` (on a machine with the raw data "
       "or internet access; manually downloaded files go to "
       f"{os.path.join(builder.data_dir_root, 'downloads', 'manual')}), or "

@@ -130,4 +130,27 @@ class Trainer:
       if self.task_name == "semseg":
         return {"semantics": jnp.argmax(final["semantics"], -1)}
       return {self.task_name: final[self.task_name]}
-    return {"predict": predict}
+
+    def cluster_maps(variables, batch):
+      """What the clusters stand for and where (PolyMaX's Figure 8).
+
+      {"probabilities": (B, H, W, K) the stride-4 softmax over the clusters
+      resized (bilinear) to the label size, and per cluster "bin_centers"
+      (B, K) metres or "cluster_normals" (B, K, 3), with the task's
+      prediction: depth = sum_k p_k b_k holds at the label size too.}
+      """
+      final = self.model.apply(variables, batch["image"])["final"]
+      extra = {"depth": "bin_centers", "normals": "cluster_normals"}[
+          self.task_name]
+      probabilities = jax.nn.softmax(final["mask_logits"], axis=-1)
+      return {"probabilities": cluster_head.upsample(probabilities,
+                                                     self.label_size),
+              **cluster_head.upsample_outputs(
+                  {self.task_name: final[self.task_name]}, self.label_size),
+              extra: final[extra]}
+
+    fns = {"predict": predict}
+    # Semseg's clusters are its classes: its maps are the class posteriors.
+    if not self.model.per_pixel and self.task_name != "semseg":
+      fns["cluster_maps"] = cluster_maps
+    return fns

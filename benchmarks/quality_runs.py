@@ -1,0 +1,70 @@
+"""What the quality drivers share: their flags, training a run, its logs.
+
+Each run (a variant of one config) lives in WORKDIR/<variant> and is trained
+by `train.py` in a subprocess, unless its last checkpoint exists: a driver
+can be repeated (or run in several processes on disjoint --runs) and then
+reads every finished run's validation metrics from the TensorBoard logs.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import flags
+import tensorflow as tf
+
+WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per run.",
+                              required=True)
+DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+RUNS = flags.DEFINE_list(
+    "runs", None, "Variants to train (default all); the table shows all "
+    "that have finished.")
+
+
+def selected(variants):
+  """The --runs to train, in order; all `variants` by default."""
+  for variant in RUNS.value or ():
+    if variant not in variants:
+      raise SystemExit(f"Unknown run {variant!r}: use {list(variants)}.")
+  return RUNS.value or list(variants)
+
+
+def workdir(variant):
+  return os.path.join(WORKDIR.value, variant)
+
+
+def last_checkpoint(variant, total_steps):
+  return os.path.join(workdir(variant), "checkpoints", str(total_steps))
+
+
+def finished(variant, total_steps):
+  return os.path.isdir(last_checkpoint(variant, total_steps))
+
+
+def train(config_file, variant, total_steps, extra_flags=()):
+  """Trains `config_file:variant` unless it has finished."""
+  if finished(variant, total_steps):
+    return
+  command = [sys.executable, "train.py", f"--config={config_file}:{variant}",
+             f"--workdir={workdir(variant)}"]
+  if DATA_DIR.value:
+    # The configs' data_dir is one placeholder shared by train and evals.
+    command.append(f"--config.input.data.data_dir={DATA_DIR.value}")
+  command += list(extra_flags)
+  print(" ".join(command), flush=True)
+  subprocess.run(command, check=True)
+
+
+def scalars(variant, step):
+  """{tag: value} logged at `step`, and the run's wall seconds."""
+  values, times = {}, []
+  for path in glob.glob(os.path.join(workdir(variant),
+                                     "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      times.append(event.wall_time)
+      for value in event.summary.value:
+        if event.step == step:
+          values[value.tag] = float(tf.make_ndarray(value.tensor))
+  return values, (max(times) - min(times) if times else float("nan"))

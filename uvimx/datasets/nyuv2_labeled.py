@@ -1,0 +1,103 @@
+r"""TFDS builder for NYU Depth v2's labelled split with 40-class labels.
+
+The 1,449 densely labelled frames of NYU Depth v2 (Silberman et al. 2012),
+795 train / 654 test, with the 40-class semantic labels of Gupta et al.
+(2013) and surface normals: the setup of PolyMaX, InvPT and most multi-task
+dense-prediction papers. TFDS's own `nyu_depth_v2` has depth only.
+
+The files are not downloadable here; put them, per split, in a manual dir:
+
+  MANUAL_DIR/train/000001.png          RGB, 480x640
+               .../depth_gt_000001.png   uint16 depth, 1/5000 m, 0 = missing
+               .../segm_gt_000001.png    uint8 class 0..39, 255 = unlabelled
+               .../norm_gt_000001.png    RGB (n + 1) * 127.5, 127 = missing
+  MANUAL_DIR/test/...
+
+then build once:
+
+  tfds build --imports uvimx.datasets nyuv2_labeled \
+      --manual_dir MANUAL_DIR --data_dir DATA_DIR
+
+A frame without a normals file gets missing normals everywhere. Depth is
+stored in millimetres, like synthetic_scenes (`decode_depth_png`'s default).
+"""
+import os
+import re
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+# NYU-40 (Gupta et al. 2013), label ids 0..39.
+CLASS_NAMES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door",
+    "window", "bookshelf", "picture", "counter", "blinds", "desk", "shelves",
+    "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
+    "ceiling", "books", "refrigerator", "television", "paper", "towel",
+    "shower curtain", "box", "whiteboard", "person", "night stand", "toilet",
+    "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture",
+    "otherprop")
+IGNORE_LABEL = 255
+HEIGHT, WIDTH = 480, 640
+SPLITS = ("train", "test")
+# The depth PNGs' unit, and the stored one (mm).
+_DEPTH_UNITS_PER_M = 5000
+_MISSING_NORMAL = 127
+# The docstring's file layout and build command, for error messages.
+_LAYOUT = __doc__[__doc__.index("  MANUAL_DIR"):__doc__.index("A frame")]
+
+
+def _read(path):
+  with open(path, "rb") as f:
+    return np.array(Image.open(f))
+
+
+class Nyuv2Labeled(tfds.core.GeneratorBasedBuilder):
+  """NYU Depth v2 labelled frames: image, depth, 40 classes, normals."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
+
+  def _info(self):
+    def image(channels, dtype=np.uint8):
+      return tfds.features.Image(shape=(HEIGHT, WIDTH, channels), dtype=dtype)
+    return self.dataset_info_from_configs(
+        description=__doc__.splitlines()[0],
+        features=tfds.features.FeaturesDict({
+            "image": image(3),
+            "depth": image(1, np.uint16),
+            "semantics": image(1),
+            "normals": image(3),
+            "image/id": np.int64,
+        }),
+        metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES)),
+    )
+
+  def _split_generators(self, dl_manager):
+    root = dl_manager.manual_dir
+    missing = [s for s in SPLITS if not os.path.isdir(os.path.join(root, s))]
+    if missing:
+      raise FileNotFoundError(
+          f"nyuv2_labeled needs the folders {missing} in the manual dir "
+          f"{os.fspath(root)!r}:\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    return {s: self._generate_examples(os.path.join(root, s)) for s in SPLITS}
+
+  def _generate_examples(self, folder):
+    for name in sorted(os.listdir(folder)):
+      match = re.fullmatch(r"(\d+)\.png", name)
+      if not match:
+        continue
+      index = match.group(1)
+      path = lambda kind: os.path.join(folder, f"{kind}_{index}.png")
+      depth = _read(path("depth_gt")).astype(np.float64)
+      depth_mm = np.round(depth * 1000 / _DEPTH_UNITS_PER_M).astype(np.uint16)
+      normals = (_read(path("norm_gt")) if os.path.exists(path("norm_gt"))
+                 else np.full((HEIGHT, WIDTH, 3), _MISSING_NORMAL, np.uint8))
+      yield index, {
+          "image": _read(os.path.join(folder, name)),
+          "depth": depth_mm[..., None],
+          "semantics": _read(path("segm_gt"))[..., None],
+          "normals": normals,
+          "image/id": int(index),
+      }
