@@ -67,11 +67,11 @@ def test_pp_reads_metres_and_missing_normals(data_dir):
 
 
 def test_missing_manual_files_say_where_to_put_them(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfds build --imports "
-                     "uvimx.datasets nyuv2_labeled"):
+  with pytest.raises(FileNotFoundError, match="python -m uvimx.datasets "
+                     "nyuv2_labeled.*uvimx.datasets.nyuv2_labeled"):
     input_pipeline.get_builder("nyuv2_labeled", str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"(?s)\['train', 'test'\].*"
-                     "depth_gt_"):
+                     "depth_gt_.*python -m uvimx.datasets nyuv2_labeled"):
     nyuv2_labeled.Nyuv2Labeled(data_dir=str(tmp_path)).download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             manual_dir=str(tmp_path)))

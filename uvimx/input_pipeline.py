@@ -66,17 +66,21 @@ def get_builder(name, data_dir=None):
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
     builder.download_and_prepare()
     return builder
-  imports = ("--imports uvimx.datasets " if type(builder).__module__
-             .startswith("uvimx.datasets") else "")
+  module = type(builder).__module__
+  if module.startswith("uvimx.datasets"):
+    how = (f"`python -m uvimx.datasets {name} --data_dir="
+           f"{builder.data_dir_root} --manual_dir=DIR` (the files DIR must "
+           f"hold: {module})")
+  else:
+    how = (f"`tfds.builder({name!r}, data_dir={builder.data_dir_root!r})"
+           ".download_and_prepare()` (on a machine with internet access or "
+           "the raw data; manual downloads go to "
+           f"{os.path.join(builder.data_dir_root, 'downloads', 'manual')!r})")
   raise FileNotFoundError(
       f"Dataset {name!r} is not prepared in the TFDS data dir "
-      f"{builder.data_dir_root!r}. Prepare it once with `tfds build "
-      f"{imports}{name} "
-      f"--data_dir={builder.data_dir_root}` (on a machine with the raw data "
-      "or internet access; manually downloaded files go to "
-      f"{os.path.join(builder.data_dir_root, 'downloads', 'manual')}), or "
-      "point config.input.data.data_dir (or $TFDS_DATA_DIR) to a dir that "
-      "holds it.")
+      f"{builder.data_dir_root!r}. Build it once with {how}, or point "
+      "config.input.data.data_dir (or $TFDS_DATA_DIR) to a dir that holds "
+      "it.")
 
 
 def _process_split(builder, split, process_index, process_count):

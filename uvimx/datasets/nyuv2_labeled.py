@@ -15,8 +15,10 @@ The files are not downloadable here; put them, per split, in a manual dir:
 
 then build once:
 
-  tfds build --imports uvimx.datasets nyuv2_labeled \
-      --manual_dir MANUAL_DIR --data_dir DATA_DIR
+  python -m uvimx.datasets nyuv2_labeled --manual_dir MANUAL_DIR \
+      --data_dir DATA_DIR
+
+(`tfds build` would do the same, but TFDS 4.9.10's CLI needs apache_beam.)
 
 A frame without a normals file gets missing normals everywhere. Depth is
 stored in millimetres, like synthetic_scenes (`decode_depth_png`'s default).
@@ -44,7 +46,7 @@ SPLITS = ("train", "test")
 _DEPTH_UNITS_PER_M = 5000
 _MISSING_NORMAL = 127
 # The docstring's file layout and build command, for error messages.
-_LAYOUT = __doc__[__doc__.index("  MANUAL_DIR"):__doc__.index("A frame")]
+_LAYOUT = __doc__[__doc__.index("  MANUAL_DIR"):__doc__.index("(`tfds build")]
 
 
 def _read(path):
@@ -101,3 +103,4 @@ class Nyuv2Labeled(tfds.core.GeneratorBasedBuilder):
           "normals": normals,
           "image/id": int(index),
       }
+
