@@ -129,3 +129,18 @@ def split_unused(dictionary, counts, key, min_count):
       lambda state: jnp.any(state[1] < min_count), split,
       (dictionary, counts, key))
   return dictionary, counts
+
+
+def commitment_loss(x, x_q):
+  """mean((x - x_q)^2) over all elements, with gradient to `x` only.
+
+  VQ-VAE's commitment loss: it pulls the quantised vectors towards their
+  codewords; the codebook itself learns by EMA, not by this gradient.
+  """
+  return jnp.mean(jnp.square(x - jax.lax.stop_gradient(x_q)))
+
+
+def perplexity(counts):
+  """exp(entropy) of the codes' usage `counts` (K,): 1 to K codes in use."""
+  # entr(p) = -p log p, 0 at p = 0.
+  return jnp.exp(jnp.sum(jax.scipy.special.entr(counts / jnp.sum(counts))))
