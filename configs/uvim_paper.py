@@ -228,10 +228,9 @@ def _stage2(task):
   config.model.vocab_size = config.oracle.model.get_ref("dict_size") + 1
   # big_vision's "howto-i21k-L/16", the ImageNet-21k ViT-L/16 of "How to
   # train your ViT" (gs://vit_models/augreg/L_16-i21k-300ep-lr_0.001-
-  # aug_strong1-wd_0.1-do_0.0-sd_0.0.npz). The stage-II trainer loads a ViT
-  # .npz with big_vision's current names and 32x32 position embeddings: this
-  # 224px file first needs big_vision's `vit.fix_old_checkpoints` and
-  # `resample_posemb`, which uvimx does not have.
+  # aug_strong1-wd_0.1-do_0.0-sd_0.0.npz). The stage-II trainer fixes its
+  # older layout and resamples its 14x14 position embeddings to the LM's
+  # 32x32 grid, as big_vision's `vit.load`.
   config.encoder_init = ml_collections.config_dict.placeholder(str)
   config.lr = 1e-3
   config.wd = 1e-6

@@ -9,6 +9,7 @@ panoptic decoding) must be big_vision's.
 import json
 import pathlib
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -176,3 +177,53 @@ def test_sample_diversity_is_mean_pairwise_rms(temperature):
   else:
     assert np.all(np.asarray(codes[:, 0] != codes[:, 1]).any(axis=1))
     assert np.all(diversity > 0)
+
+
+def test_encoder_init_fixes_old_vit_checkpoints_and_resamples(tmp_path):
+  """An old-layout ViT .npz (4x4 + cls position embeddings, pre-linen
+  MlpBlock_3) initialises the fixture LM's encoder (an 8x8 grid)."""
+  config = big_vision_config()
+  trainer = trainers.get_trainer(config)
+  batch = {"image": np.zeros((1, 32, 32, 3), np.float32),
+           "labels": np.zeros((1, 32, 32, 2), np.int32)}
+  shapes = jax.eval_shape(trainer.init, jax.random.key(0), batch)["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  vit_file = {}
+  for name, value in traverse_util.flatten_dict(params, sep="/").items():
+    for ours, theirs in (("encoder/", "Transformer/"),
+                         ("EmbedPatches/", "embedding/")):
+      if name.startswith(ours):
+        name = theirs + name[len(ours):].replace("MlpBlock_0", "MlpBlock_3")
+        vit_file[name] = rng.normal(size=value.shape).astype(np.float32)
+  grid = rng.normal(size=(4, 4, 64)).astype(np.float32)
+  cls_posemb = rng.normal(size=(1, 1, 64)).astype(np.float32)
+  vit_file["Transformer/posembed_input/pos_embedding"] = np.concatenate(
+      [cls_posemb, grid.reshape(1, 16, 64)], axis=1)
+  vit_file["cls"] = np.zeros((1, 1, 64), np.float32)
+  vit_file["head/kernel"] = np.zeros((64, 10), np.float32)
+  np.savez(tmp_path / "vit.npz", **vit_file)
+
+  config.encoder_init = str(tmp_path / "vit.npz")
+  loaded = uvim_stage2._load_vit_encoder(config.encoder_init, params)
+  flat = traverse_util.flatten_dict(loaded, sep="/")
+  kernel = "encoder/encoderblock_0/MlpBlock_0/Dense_0/kernel"
+  np.testing.assert_array_equal(
+      flat[kernel], vit_file[kernel.replace("encoder/", "Transformer/")
+                             .replace("MlpBlock_0", "MlpBlock_3")])
+  np.testing.assert_array_equal(flat["EmbedPatches/kernel"],
+                                vit_file["embedding/kernel"])
+  # The 4x4 grid linearly interpolated to 8x8, corners on corners.
+  posemb = flat["pos_embedding_encoder"].reshape(8, 8, 64)
+  for (i, j), (k, l) in {(0, 0): (0, 0), (0, 7): (0, 3), (7, 0): (3, 0),
+                         (7, 7): (3, 3)}.items():
+    np.testing.assert_allclose(posemb[i, j], grid[k, l], atol=1e-6)
+  # Output column 1 lies at input column 1 * 3 / 7.
+  np.testing.assert_allclose(posemb[0, 1], grid[0, 0] + (grid[0, 1] -
+                                                          grid[0, 0]) * 3 / 7,
+                             atol=1e-5)
+  # The decoder is not touched.
+  for name, value in traverse_util.flatten_dict(params, sep="/").items():
+    if name.startswith("decoder/"):
+      np.testing.assert_array_equal(flat[name], value)

@@ -8,8 +8,10 @@ e.g. UViM's, load into these modules by name.
 from typing import Optional
 
 import flax.linen as nn
+from flax.training import checkpoints as flax_checkpoints
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 
 
 def posemb_sincos_2d(h, w, width, temperature=10_000.0, dtype=jnp.float32):
@@ -63,6 +65,55 @@ def get_posemb(module, typ, seqshape, width, name, dtype=jnp.float32):
   if typ == "sincos2d":
     return posemb_sincos_2d(*seqshape, width, dtype=dtype)
   raise ValueError(f"Unknown posemb type {typ!r}: use 'learn' or 'sincos2d'.")
+
+
+def resample_posemb(old, num_tokens):
+  """Learned position embeddings (1, N, D) of a square grid -> (1, M, D).
+
+  big_vision's "high-res fine-tuning": the sqrt(N) x sqrt(N) grid resized to
+  sqrt(M) x sqrt(M) by linear interpolation with aligned corners
+  (scipy.ndimage.zoom, order 1), so a pre-trained ViT fits another image or
+  patch size.
+  """
+  old = np.asarray(old)
+  side_old, side_new = (int(round(np.sqrt(n))) for n in (old.shape[1],
+                                                          num_tokens))
+  if side_old ** 2 != old.shape[1] or side_new ** 2 != num_tokens:
+    raise ValueError(f"Position embeddings resample between square grids; "
+                     f"got {old.shape[1]} -> {num_tokens} tokens.")
+  if side_old == side_new:
+    return old
+  grid = old.reshape(side_old, side_old, -1)
+  zoom = side_new / side_old
+  grid = scipy.ndimage.zoom(grid, (zoom, zoom, 1), order=1)
+  return grid.reshape(1, num_tokens, -1)
+
+
+def fix_old_checkpoint(params):
+  """A ViT checkpoint of older big_vision / vision_transformer layouts, fixed.
+
+  As big_vision's `fix_old_checkpoints`: pre-linen module numbering (e.g.
+  `MlpBlock_3` -> `MlpBlock_0`); position embeddings stored under
+  `Transformer/posembed_input` or `Transformer` moved to the top; and a
+  class token's embedding stored as the first of N^2 + 1 position
+  embeddings split off (added to `cls` where there is one).
+  """
+  params = dict(flax_checkpoints.convert_pre_linen(params))
+  transformer = dict(params.get("Transformer", {}))
+  if "posembed_input" in transformer:
+    params["pos_embedding"] = transformer.pop("posembed_input")["pos_embedding"]
+  if "pos_embedding" in transformer:
+    params["pos_embedding"] = transformer.pop("pos_embedding")
+  if "Transformer" in params:
+    params["Transformer"] = transformer
+  posemb = params.get("pos_embedding")
+  if posemb is not None:
+    n = posemb.shape[1]
+    if int(np.sqrt(n)) ** 2 + 1 == n:
+      if "cls" in params:
+        params["cls"] = params["cls"] + posemb[:, :1]
+      params["pos_embedding"] = posemb[:, 1:]
+  return params
 
 
 class MlpBlock(nn.Module):

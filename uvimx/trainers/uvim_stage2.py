@@ -15,7 +15,8 @@ into the task's prediction. The config:
   config.sampling = dict(temperature=0.0, top_k=0, top_p=0.0, num_samples=4)
   config.diversity_sampling = overrides of config.sampling for the
                               "sample_diversity" fn; default temperature 1.0
-  config.encoder_init = optional big_vision ViT .npz for the LM's encoder
+  config.encoder_init = optional big_vision ViT .npz for the LM's encoder (older
+                        layouts fixed, position embeddings resampled)
 
 The frozen model lives in the model state ("state"/"oracle"), so a stage-II
 checkpoint holds everything its predictions need. Code tokens are stage-I
@@ -30,6 +31,7 @@ from uvimx import checkpoint
 from uvimx import decode
 from uvimx import tasks
 from uvimx.models import lm
+from uvimx.models import vit
 from uvimx.trainers import uvim_stage1
 
 # big_vision ViT checkpoint names -> the LM's encoder names.
@@ -195,14 +197,24 @@ def _token_scores(logits, tokens):
 
 
 def _load_vit_encoder(path, params):
-  """The LM params with the encoder taken from a big_vision ViT .npz."""
-  vit = checkpoint.load_big_vision_npz(path)["params"]
+  """The LM params with the encoder taken from a big_vision ViT .npz.
+
+  The file may be a big_vision training checkpoint ("params/..." keys) or a
+  bare ViT (as the "How to train your ViT" .npz files), of older layouts
+  too (`vit.fix_old_checkpoint`); position embeddings of another grid size
+  are resampled to the LM's (`vit.resample_posemb`).
+  """
+  tree = checkpoint.load_big_vision_npz(path)
+  vit_params = vit.fix_old_checkpoint(tree.get("params", tree))
   flat = {}
-  for name, value in traverse_util.flatten_dict(vit, sep="/").items():
+  for name, value in traverse_util.flatten_dict(vit_params, sep="/").items():
     for old, new in _VIT_TO_LM:
       if name.startswith(old):
         flat[new + name[len(old):]] = value
   lm_flat = traverse_util.flatten_dict(params, sep="/")
+  posemb = "pos_embedding_encoder"
+  if posemb in flat and posemb in lm_flat:
+    flat[posemb] = vit.resample_posemb(flat[posemb], lm_flat[posemb].shape[1])
   missing = sorted(k for k in lm_flat
                    if k.startswith(("encoder/", "EmbedPatches/",
                                     "pos_embedding_encoder"))
