@@ -31,7 +31,7 @@ random restarts of codes whose EMA count falls below 1 (a use per batch),
 
 Training: AiT's Adam at 3e-4, batch 8, 20 epochs with exponential decay on
 NYU. Here batch 32 for 1500 steps (4.8 epochs of the 10k training maps) at
-1e-3 with cosine decay: about 2 steps/s on 2 busy CPU cores, so ~13 minutes.
+1e-3 with cosine decay: about 6 steps/s on 2 CPU cores, 4-5 minutes.
 synthetic_scenes' depth is measured everywhere, so the mask augmentation
 here only regularises; NYU's holes are what it is for.
 """
