@@ -8,7 +8,6 @@ e.g. UViM's, load into these modules by name.
 from typing import Optional
 
 import flax.linen as nn
-from flax.training import checkpoints as flax_checkpoints
 import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
@@ -89,6 +88,25 @@ def resample_posemb(old, num_tokens):
   return grid.reshape(1, num_tokens, -1)
 
 
+def _renumber_pre_linen(tree):
+  """Pre-linen names count submodules of all types (`MlpBlock_3` after
+  `LayerNorm_0`, `..._1`, `LayerNorm_2`); linen counts per type (`MlpBlock_0`).
+  As flax's `convert_pre_linen`, which would import TensorFlow here."""
+  if not isinstance(tree, dict):
+    return tree
+  renamed, numbered = {}, {}
+  for key, value in tree.items():
+    prefix, _, index = key.rpartition("_")
+    if prefix and index.isdigit():
+      numbered.setdefault(prefix, []).append((int(index), value))
+    else:
+      renamed[key] = _renumber_pre_linen(value)
+  for prefix, values in numbered.items():
+    for i, (_, value) in enumerate(sorted(values, key=lambda v: v[0])):
+      renamed[f"{prefix}_{i}"] = _renumber_pre_linen(value)
+  return renamed
+
+
 def fix_old_checkpoint(params):
   """A ViT checkpoint of older big_vision / vision_transformer layouts, fixed.
 
@@ -98,7 +116,7 @@ def fix_old_checkpoint(params):
   class token's embedding stored as the first of N^2 + 1 position
   embeddings split off (added to `cls` where there is one).
   """
-  params = dict(flax_checkpoints.convert_pre_linen(params))
+  params = _renumber_pre_linen(params)
   transformer = dict(params.get("Transformer", {}))
   if "posembed_input" in transformer:
     params["pos_embedding"] = transformer.pop("posembed_input")["pos_embedding"]
