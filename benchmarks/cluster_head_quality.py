@@ -27,6 +27,7 @@ from benchmarks import quality_runs
 from configs import polymax_synthetic
 from uvimx import checkpoint as checkpoint_lib
 from uvimx import input_pipeline
+from uvimx import predict
 from uvimx import trainers
 from uvimx.datasets.synthetic_scenes import visualize
 
@@ -104,21 +105,17 @@ def _tile(array):
 
 def _row(task, example, out):
   """[(title, tile)]: image, label, prediction, then the K clusters."""
-  image = np.round((example["image"][0] + 1) * 127.5).astype(np.uint8)
-  label, prediction = example[task][0], out[task]
-  if task == "depth":
+  label = example[task][0]
+  if task == "depth":  # Label and prediction on the label's colour scale.
     label = label[..., 0]
-    low, high = label.min(), label.max()
-    depth = lambda d: visualize.colormap((d - low) / max(high - low, 1e-6))
-    label_tile, prediction_tile = depth(label), depth(prediction)
+    depth_range = (label.min(), label.max())
     values = out["bin_centers"]
   else:
-    to_rgb = lambda n: np.round(np.clip((n + 1) * 127.5, 0, 255)).astype(
-        np.uint8)
-    label_tile, prediction_tile = to_rgb(label), to_rgb(prediction)
+    depth_range = None
     values = out["cluster_normals"]
-  row = [("image", _tile(image)), (f"{task} label", _tile(label_tile)),
-         ("prediction", _tile(prediction_tile))]
+  picture = lambda x: _tile(predict.visualize({task: x}, depth_range))
+  row = [("image", _tile(predict.visualize({"color": example["image"][0]}))),
+         (f"{task} label", picture(label)), ("prediction", picture(out[task]))]
   probabilities = out["probabilities"]
   for k in np.argsort(-probabilities.mean(axis=(0, 1))):
     # Each map scaled to its maximum, to show where the cluster is active.
@@ -129,8 +126,8 @@ def _row(task, example, out):
     else:  # The cluster's normal as a colour swatch in the corner.
       title = " ".join(f"{v:+.1f}" for v in values[k])
       ImageDraw.Draw(tile).rectangle(
-          (_TILE - 24, 0, _TILE - 1, 23), fill=tuple(
-              int(c) for c in np.round((values[k] + 1) * 127.5)),
+          (_TILE - 24, 0, _TILE - 1, 23), fill=tuple(int(c) for c in (
+              predict.visualize({"normals": values[k][None, None]})[0, 0])),
           outline=(255, 255, 255))
     title += f"\nmax p {high:.2f}"
     row.append((title, tile))

@@ -61,13 +61,13 @@ def get_builder(name, data_dir=None):
   # uvimx's rendered datasets download nothing: building them on first use
   # keeps "train on synthetic_scenes" a single command. Those made from
   # manually downloaded files (nyuv2_labeled) are built once by the user.
-  if (type(builder).__module__.startswith("uvimx.datasets") and
-      not builder.MANUAL_DOWNLOAD_INSTRUCTIONS):
+  module = type(builder).__module__
+  ours = module.startswith("uvimx.datasets")
+  if ours and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
     builder.download_and_prepare()
     return builder
-  module = type(builder).__module__
-  if module.startswith("uvimx.datasets"):
+  if ours:
     how = (f"`python -m uvimx.datasets {name} --data_dir="
            f"{builder.data_dir_root} --manual_dir=DIR` (the files DIR must "
            f"hold: {module})")
