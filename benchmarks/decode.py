@@ -7,13 +7,14 @@ in big_vision's `temperature_sampling`) on the issue's S2 LM shapes (ViT
 encoder + decoder, 4 layers each, width 256, MLP 1024, 4 heads, 8x8 patches
 of 128x128 images, vocabulary 513, 64 codes) with random weights, and prints
 a markdown table of codes/s: with the KV cache, without it (the full decoder
-at every step), and the non-autoregressive LM (one pass), then the time of
-the image encoder alone. Images are encoded `--encode_chunk` at a time (see
-`uvimx.decode.encode`). Compilation is timed separately. big_vision's own
-UViM (commit 9846ff2, jax 0.4.18) reaches 311 codes/s at batch 1 and 941 at
-batch 32 on this project's 2-core CPU; the table gives the ratio, and the
-FLOP/s of a float32 matmul in the same process so that machines can be
-compared.
+at every step), the non-autoregressive LM and AiT-P's parallel decoder (both
+one pass; AiT-P keeps the causal mask and a learned input token), then the
+time of the image encoder alone. Images are encoded `--encode_chunk` at a
+time (see `uvimx.decode.encode`). Compilation is timed separately.
+big_vision's own UViM (commit 9846ff2, jax 0.4.18) reaches 311 codes/s at
+batch 1 and 941 at batch 32 on this project's 2-core CPU; the table gives the
+ratio, and the FLOP/s of a float32 matmul in the same process so that
+machines can be compared.
 """
 import time
 
@@ -46,13 +47,13 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Code length.")
 BIG_VISION = {1: 311, 32: 941}
 
 
-def _model(autoregressive):
+def _model(autoregressive, parallel=False):
   return lm.Model(
       patches={"size": (_PATCH.value,) * 2}, num_heads=_HEADS.value,
       num_layers=_LAYERS.value, mlp_dim=_MLP.value, emb_dim=_WIDTH.value,
       vocab_size=_VOCAB.value, seq_len=_SEQ_LEN.value,
       input_size=(_SIZE.value,) * 2, posemb_type="learn",
-      autoregressive=autoregressive)
+      autoregressive=autoregressive, parallel=parallel)
 
 
 def _random_params(model):
@@ -114,8 +115,9 @@ def main(argv):
   del argv
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, "
         f"encode_chunk {_ENCODE_CHUNK.value}\n")
-  ar, non_ar = _model(True), _model(False)
+  ar, non_ar, parallel = _model(True), _model(False), _model(True, True)
   ar_params, non_ar_params = _random_params(ar), _random_params(non_ar)
+  parallel_params = _random_params(parallel)
   batches = [int(b) for b in _BATCHES.value]
   rows = []
   for batch in batches:
@@ -123,6 +125,7 @@ def main(argv):
     if batch <= _UNCACHED_MAX.value:
       runs.append(("uncached", ar, ar_params, False))
     runs.append(("non-AR, one pass", non_ar, non_ar_params, True))
+    runs.append(("AiT-P parallel, one pass", parallel, parallel_params, True))
     for name, model, params, cached in runs:
       rows.append((name, batch) + _speed(model, params, batch, cached))
   cached = {batch: codes_s for name, batch, codes_s, _ in rows

@@ -43,8 +43,23 @@ def finished(variant, total_steps):
   return os.path.isdir(last_checkpoint(variant, total_steps))
 
 
-def train(config_file, variant, total_steps, extra_flags=()):
-  """Trains `config_file:variant` unless it has finished."""
+def train(config_file, variant, total_steps, extra_flags=(), needs=None):
+  """Trains `config_file:variant` unless it has finished.
+
+  Args:
+    config_file: the config's path.
+    variant: its variant, also the run's subdirectory.
+    total_steps: the variant's, which tell that a run has finished.
+    extra_flags: more train.py flags.
+    needs: {config field: (run, its total_steps)}: each field is set to
+      that run's last checkpoint (e.g. a stage-I model), which must exist.
+  """
+  for field, (run, steps) in (needs or {}).items():
+    if not finished(run, steps):
+      raise SystemExit(f"{variant} needs the finished {run} run "
+                       f"({last_checkpoint(run, steps)}): train it first.")
+    extra_flags = [*extra_flags,
+                   f"--config.{field}={last_checkpoint(run, steps)}"]
   if finished(variant, total_steps):
     return
   command = [sys.executable, "train.py", f"--config={config_file}:{variant}",

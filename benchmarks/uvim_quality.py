@@ -12,7 +12,6 @@ TensorBoard logs: the validation metrics at the last step, the codebook usage
 of stage I on validation, and each run's training wall time.
 """
 import functools
-import os
 
 from absl import app
 
@@ -52,21 +51,13 @@ def _total_steps(variant):
   return uvim_synthetic.get_config(variant).total_steps
 
 
-def _checkpoint(variant):
-  return quality_runs.last_checkpoint(variant, _total_steps(variant))
-
-
 def _train(variant):
   """Trains `variant` with train.py unless its last checkpoint exists."""
-  needs = _VARIANTS[variant]
-  extra = []
-  if needs:
-    if not os.path.isdir(_checkpoint(needs)):
-      raise SystemExit(f"{variant} needs the finished {needs} run "
-                       f"({_checkpoint(needs)}): train it first.")
-    extra.append(f"--config.oracle.checkpoint={_checkpoint(needs)}")
+  stage1 = _VARIANTS[variant]
+  needs = ({"oracle.checkpoint": (stage1, _total_steps(stage1))} if stage1
+           else {})
   quality_runs.train("configs/uvim_synthetic.py", variant,
-                     _total_steps(variant), extra)
+                     _total_steps(variant), needs=needs)
 
 
 @functools.cache  # A stage-I run's codebook usage serves several rows.
@@ -80,7 +71,7 @@ def _table():
         "wall time (min) |")
   print("|---|---|---|---|---|---|")
   for variant in _VARIANTS:
-    if not os.path.isdir(_checkpoint(variant)):
+    if not quality_runs.finished(variant, _total_steps(variant)):
       continue
     values, seconds = _scalars(variant)
     task, _, what = variant.partition("_")

@@ -182,3 +182,128 @@ def get_decode_normals_png():
     valid = (length > 0.5) & (length < 1.5)
     return tf.where(valid, n / tf.maximum(length, 0.5), 0.0)
   return _decode_normals_png
+
+
+def _integer_map(x, png_dtype):
+  """An integer label map, PNG bytes or decoded HxW[x1], -> int32 HxW."""
+  if x.dtype == tf.string:
+    x = utils.decode_or_check(x, png_dtype, channels=1)
+  elif not x.dtype.is_integer:
+    raise ValueError(f"Expected an integer label map or PNG bytes, got a "
+                     f"{x.dtype.name} tensor.")
+  x = utils.with_channel_axis(x)
+  if x.shape[-1] not in (None, 1):
+    raise ValueError(f"Expected an HxW or HxWx1 map, got shape {x.shape}.")
+  return tf.cast(x[..., 0], tf.int32)
+
+
+def _resize_weights(start, end, size, length):
+  """(N, size, length) weights of a half-pixel bilinear resize of [start, end).
+
+  Output sample i of object n reads input position
+  p = start + (i + 0.5) * (end - start) / size - 0.5 (pixel k's centre at k),
+  clamped to [start, end - 1], linearly between pixels floor(p) and
+  floor(p) + 1: a bilinear `tf.image.resize` (half-pixel centres, no
+  antialiasing) of the input's rows start..end-1 alone.
+  """
+  start = tf.cast(start, tf.float32)[:, None]
+  end = tf.cast(end, tf.float32)[:, None]
+  i = tf.range(size, dtype=tf.float32)[None]
+  p = start + (i + 0.5) * (end - start) / size - 0.5
+  p = tf.clip_by_value(p, start, tf.maximum(end - 1, start))
+  low = tf.floor(p)
+  frac = p - low
+  high = tf.minimum(low + 1, tf.maximum(end - 1, start))
+  def one_hot(k):
+    return tf.one_hot(tf.cast(k, tf.int32), length, dtype=tf.float32)
+  return ((1 - frac)[..., None] * one_hot(low) +
+          frac[..., None] * one_hot(high))
+
+
+@registry.register("instance_objects")
+def get_instance_objects(max_instances=8, mask_size=64, num_things=4,
+                         semantics_key="semantics",
+                         instances_key="instances"):
+  """Thing instances -> fixed-size `boxes`, `classes` and cropped `masks`.
+
+  AiT's object representation (box, class, a mask cropped to the box and
+  resized to mask_size x mask_size), from synthetic_scenes-style maps:
+  `semantics` (HxW[x1] class indices, things first: class < num_things) and
+  `instances` (HxW[x1], 0 for stuff, positive ids for things); decoded
+  integer tensors or PNG bytes. An object is an instance id > 0 and its
+  pixels of a thing class. Objects come in increasing id order; slots past
+  the number of objects are padding. Only the first `max_instances` objects
+  are kept (synthetic_scenes has at most 8), without an error: raising in the
+  middle of a tf.data pipeline would stop training.
+
+  Writes:
+    boxes: float32 (max_instances, 4), [ymin, xmin, ymax, xmax] of the
+      object's pixel extent in [0, 1] image coordinates, pixel (r, c)
+      covering [r, r + 1) x [c, c + 1): ymin = first row / H,
+      ymax = (last row + 1) / H, the same for x with W. Zeros for padding.
+    classes: int32 (max_instances,): the object's class (the largest if its
+      pixels disagree), -1 for padding.
+    masks: float32 (max_instances, S, S), S = mask_size, in [0, 1]: the
+      object's binary mask in the box, resized bilinearly with half-pixel
+      centres ("align_corners=False", no antialiasing). In pixels, with
+      y0 = ymin * H and h = (ymax - ymin) * H (integers), output row i reads
+      input row position y = y0 + (i + 0.5) * h / S - 0.5, where input row k
+      has its centre at k, clamped to [y0, y0 + h - 1] and interpolated
+      linearly between rows floor(y) and floor(y) + 1; the same for columns
+      (x0, w, j). So masks[n] equals `tf.image.resize(m[y0:y0 + h,
+      x0:x0 + w, None], (S, S), "bilinear")[..., 0]` of the full-resolution
+      binary mask m. Pasting back is the same rule in reverse: image pixel
+      (r, c) in the box reads the mask at row (r + 0.5 - y0) * S / h - 0.5,
+      column (c + 0.5 - x0) * S / w - 0.5, clamped to [0, S - 1]. Zeros for
+      padding.
+
+  Args:
+    max_instances: the number of object slots.
+    mask_size: S, the side of the cropped masks.
+    num_things: classes below this are things.
+    semantics_key: the key of the semantic map.
+    instances_key: the key of the instance map.
+
+  Returns:
+    The op.
+  """
+  def _instance_objects(data):
+    semantics = _integer_map(data[semantics_key], tf.uint8)
+    instances = _integer_map(data[instances_key], tf.uint16)
+    height, width = tf.shape(instances)[0], tf.shape(instances)[1]
+    ids = tf.where((semantics < num_things) & (instances > 0), instances, 0)
+    unique = tf.unique(tf.reshape(ids, [-1])).y
+    objects = tf.sort(tf.boolean_mask(unique, unique > 0))[:max_instances]
+    num = tf.shape(objects)[0]
+    valid = tf.range(max_instances) < num
+    objects = tf.reshape(  # Padding: id 0. Static shape, for batching.
+        tf.pad(objects, [[0, max_instances - num]]), [max_instances])
+    full = tf.equal(ids[None], objects[:, None, None]) & valid[:, None, None]
+
+    def extent(any_along):  # (M, L) bool -> first and one past last index.
+      length = tf.shape(any_along)[1]
+      first = tf.argmax(tf.cast(any_along, tf.int32), axis=1,
+                        output_type=tf.int32)
+      last = length - tf.argmax(tf.cast(any_along[:, ::-1], tf.int32),
+                                axis=1, output_type=tf.int32)
+      return tf.where(valid, first, 0), tf.where(valid, last, 0)
+
+    y0, y1 = extent(tf.reduce_any(full, axis=2))
+    x0, x1 = extent(tf.reduce_any(full, axis=1))
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    data["boxes"] = tf.stack([tf.cast(y0, tf.float32) / h,
+                              tf.cast(x0, tf.float32) / w,
+                              tf.cast(y1, tf.float32) / h,
+                              tf.cast(x1, tf.float32) / w], axis=1)
+    classes = tf.reduce_max(
+        tf.where(full, semantics[None], -1), axis=(1, 2))
+    data["classes"] = tf.where(valid, classes, -1)
+    # Separable: rows (M, S, H) x mask (M, H, W) x columns (M, S, W).
+    rows = _resize_weights(y0, y1, mask_size, height)
+    cols = _resize_weights(x0, x1, mask_size, width)
+    masks = tf.einsum("msh,mhw,mtw->mst", rows,
+                      tf.cast(full, tf.float32), cols)
+    masks = tf.where(valid[:, None, None], masks, 0.0)
+    data["masks"] = tf.clip_by_value(masks, 0.0, 1.0)
+    return data
+  return _instance_objects

@@ -179,3 +179,33 @@ def test_soft_decoding(tiny):
       _apply(model, variables, p, method=model.decode_soft),
       _apply(model, variables, mean_row, method=lambda m, z: m.decoder(z)),
       rtol=1e-5, atol=1e-6)
+
+
+def test_weights_leave_examples_out_of_the_codebook_statistics(tiny):
+  model, variables = tiny
+  # Example 1 has weight 0: the update is the one of example 0 alone.
+  (_, aux), new = _apply(model, variables, LABELS, train=True,
+                         weights=jnp.array([1.0, 0.0]), mutable=["state"])
+  counts, sums = vq.assignment_stats(aux["codes"][:1], aux["z"][:1], 8)
+  assert counts.sum() == 4 * 4
+  np.testing.assert_array_equal(aux["code_counts"], counts)
+  state = variables["state"]
+  np.testing.assert_allclose(new["state"]["counts"],
+                             0.9 * state["counts"] + 0.1 * counts, rtol=1e-6)
+  np.testing.assert_allclose(new["state"]["sums"],
+                             0.9 * state["sums"] + 0.1 * sums, rtol=1e-5,
+                             atol=1e-6)
+  weighted, _ = vq.assignment_stats(jnp.array([[0, 1], [1, 1]]),
+                                    jnp.ones((2, 2, 3)), 3,
+                                    jnp.array([[2.0], [0.5]]))
+  np.testing.assert_array_equal(weighted, [2.0, 3.0, 0.0])
+
+
+def test_restart_dead_codes_picks_only_weighted_vectors():
+  counts = jnp.zeros(16)  # All dead.
+  x = jnp.arange(12.0).reshape(2, 3, 2)
+  _, new_sums = conv_vqvae.restart_dead_codes(
+      counts, jnp.zeros((16, 2)), x, jax.random.key(0), threshold=1.0,
+      weights=jnp.array([[0.0], [1.0]]))
+  for row in new_sums:
+    assert any(np.array_equal(row, v) for v in x[1])

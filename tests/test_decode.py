@@ -168,10 +168,94 @@ def test_non_autoregressive_samples_in_one_pass():
 @pytest.mark.parametrize("options,match", [
     (dict(num_samples=0), "num_samples"), (dict(temperature=-1), "temperature"),
     (dict(top_k=V + 1), "top_k"), (dict(top_p=1.5), "top_p"),
-    (dict(encode_chunk=3), "encode_chunk")])
+    (dict(encode_chunk=3), "encode_chunk"),
+    (dict(soft_tokens=True, cached=False), "soft_tokens")])
 def test_bad_options_raise(options, match):
   model, params, _ = test_lm.random_lm()
   with pytest.raises(ValueError, match=match):
     jax.eval_shape(lambda p: decode.sample(
         model, p, jnp.zeros((4, 32, 32, 3)), jnp.arange(4), **options),
                    params)
+
+
+def test_first_tokens_cached_equals_uncached():
+  """Task tokens instead of BOS: the cache and the full decoder still agree."""
+  images, seeds, first = test_lm._images(), jnp.arange(B), jnp.array([3, 5])
+  params, cached = sampler(num_samples=2)
+  codes, logprobs = cached(params, images, seeds, first_tokens=first)
+  _, naive = sampler(num_samples=2, cached=False)
+  naive_codes, naive_logprobs = naive(params, images, seeds,
+                                      first_tokens=first)
+  np.testing.assert_array_equal(codes, naive_codes)
+  np.testing.assert_allclose(logprobs, naive_logprobs, atol=1e-5, rtol=0)
+  assert (codes != cached(params, images, seeds)[0]).any()
+
+
+def test_position_ranges_restrict_every_position():
+  images, seeds = test_lm._images(), jnp.arange(B)
+  # Alternating slices [1, 9) and [9, 33), as AiT's token types.
+  ranges = np.where(np.arange(L)[:, None] % 2 == 0, [1, 9], [9, V])
+  params, sample = sampler(num_samples=3, temperature=1.0, with_logits=True)
+  codes, _, logits = sample(params, images, seeds, position_ranges=ranges)
+  assert np.all((codes >= ranges[:, 0]) & (codes < ranges[:, 1]))
+  ids = np.arange(V)
+  outside = (ids < ranges[:, :1]) | (ids >= ranges[:, 1:])  # (L, V)
+  assert np.all(np.isneginf(np.asarray(logits)[:, :, outside]))
+  assert np.all(np.isfinite(np.asarray(logits)[:, :, ~outside]))
+  # Greedy: the argmax within the slice, of the teacher-forced logits.
+  params, greedy = sampler()
+  codes = greedy(params, images, seeds, position_ranges=ranges)[0][:, 0]
+  _, _, apply = test_lm.random_lm()
+  forced = np.asarray(apply({"params": params}, images, codes))
+  np.testing.assert_array_equal(
+      np.where(outside, -np.inf, forced).argmax(-1), codes)
+
+
+def test_soft_tokens_with_one_hot_probabilities_equal_hard_decoding():
+  """Logits scaled so far apart that the softmax is exactly one-hot."""
+  images, seeds = test_lm._images(), jnp.arange(B)
+  model, params, _ = test_lm.random_lm()
+  sharp = jax.tree.map(lambda x: x, params)
+  sharp["decoder"]["LogitsDense"] = jax.tree.map(
+      lambda x: x * 1e7, params["decoder"]["LogitsDense"])
+  hard = decode.sample(model, sharp, images, seeds, with_logits=True)
+  soft = decode.sample(model, sharp, images, seeds, soft_tokens=True,
+                       with_logits=True)
+  # The top two logits are >= 1e-4 * 1e7 apart: exp underflows to exact 0.
+  top2 = np.sort(np.asarray(hard[2]), axis=-1)[..., -2:]
+  assert (top2[..., 1] - top2[..., 0]).min() > 200
+  np.testing.assert_array_equal(soft[0], hard[0])
+  np.testing.assert_allclose(soft[2], hard[2], rtol=1e-6)
+  # With the model's own, soft, probabilities the inputs and logits change.
+  hard = decode.sample(model, params, images, seeds, with_logits=True)
+  soft = decode.sample(model, params, images, seeds, soft_tokens=True,
+                       with_logits=True)
+  assert np.abs(np.asarray(soft[2]) - np.asarray(hard[2])).max() > 1e-2
+
+
+def test_parallel_decodes_in_one_pass_equal_to_the_loop():
+  """AiT-P: one forward pass = the cached step-by-step loop = training."""
+  images, seeds = test_lm._images(), jnp.arange(B)
+  model, params, apply = test_lm.random_lm(parallel=True)
+  codes, _, logits = decode.sample(model, params, images, seeds,
+                                   num_samples=2, with_logits=True)
+  encoded = apply({"params": params}, images, method="encode")
+  cache = model.apply({"params": params}, encoded, 2,
+                      method=model.init_cache)
+  step = jax.jit(functools.partial(model.apply, method=model.decode_step))
+  looped = []
+  for t in range(L):
+    # The inputs do not matter: every position sees the parallel token.
+    step_logits, cache = step({"params": params}, cache,
+                              jnp.full((2 * B,), 7 * t, jnp.int32), t)
+    looped.append(step_logits)
+  looped = np.stack(looped, 1).reshape(B, 2, L, V)
+  np.testing.assert_allclose(logits, looped, atol=1e-5, rtol=0)
+  forced = apply({"params": params}, images, test_lm._tokens())
+  np.testing.assert_allclose(logits[:, 0], forced, atol=1e-5, rtol=0)
+  np.testing.assert_array_equal(codes[:, 0], np.argmax(looped[:, 0], -1))
+  assert len(np.unique(codes)) > 2
+  loops = re.findall(r"\b(?:scan|while)\[", str(jax.make_jaxpr(
+      lambda p: decode.sample(model, p, images, seeds))(params)))
+  assert not loops
+  assert "EmbedTargets" not in params["decoder"]

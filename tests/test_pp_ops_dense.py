@@ -246,3 +246,117 @@ def test_nyu_sample_normals():
                  normals=raw, fliplr=1.0)["normals"].numpy()
   np.testing.assert_allclose(flipped[:, ::-1] * [-1, 1, 1], normals,
                              atol=2 / 255)
+
+
+def _scene(height=16, width=16):
+  """A stuff-only (class 5) map and an empty instance map, HxWx1."""
+  return (np.full((height, width, 1), 5, np.uint8),
+          np.zeros((height, width, 1), np.uint16))
+
+
+def _instance_objects(semantics, instances, run=_run, **kw):
+  args = ", ".join(f"{k}={v!r}" for k, v in kw.items())
+  out = run(f"instance_objects({args})", semantics=semantics,
+            instances=instances)
+  return {k: out[k].numpy() for k in ("boxes", "classes", "masks")}
+
+
+def _half_pixel_crop(mask, box, size):
+  """Numpy reference: sample (i, j) at y0 + (i + .5) h / S - .5, clamped."""
+  y0, x0, y1, x1 = box
+
+  def taps(start, end, i):
+    p = min(max(start + (i + 0.5) * (end - start) / size - 0.5, start),
+            end - 1)
+    low = int(np.floor(p))
+    return low, min(low + 1, end - 1), p - low
+
+  crop = np.zeros((size, size))
+  for i in range(size):
+    r0, r1, fy = taps(y0, y1, i)
+    for j in range(size):
+      c0, c1, fx = taps(x0, x1, j)
+      crop[i, j] = ((1 - fy) * ((1 - fx) * mask[r0, c0] + fx * mask[r0, c1]) +
+                    fy * ((1 - fx) * mask[r1, c0] + fx * mask[r1, c1]))
+  return crop
+
+
+@pytest.mark.parametrize("run", [_run, _in_tf_data])
+def test_instance_objects_boxes_classes_and_padding(run):
+  semantics, instances = _scene()
+  semantics[2:5, 3:9], instances[2:5, 3:9] = 1, 2  # Rows 2-4, cols 3-8.
+  semantics[10:16, 0:2], instances[10:16, 0:2] = 3, 1  # Touches the border.
+  out = _instance_objects(semantics, instances, run, max_instances=4,
+                          mask_size=8)
+  assert out["boxes"].dtype == np.float32 and out["boxes"].shape == (4, 4)
+  assert out["classes"].dtype == np.int32 and out["masks"].shape == (4, 8, 8)
+  # In id order: id 1 first. Ends are one past the last pixel.
+  np.testing.assert_array_equal(out["boxes"] * 16, [
+      [10, 0, 16, 2], [2, 3, 5, 9], [0, 0, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(out["classes"], [3, 1, -1, -1])
+  # Rectangles fill their boxes: all ones; padding is all zeros.
+  np.testing.assert_array_equal(out["masks"][:2], 1)
+  np.testing.assert_array_equal(out["masks"][2:], 0)
+
+
+def test_instance_objects_crop_of_an_l_shape():
+  semantics, instances = _scene()
+  l_shape = np.zeros((16, 16), bool)
+  l_shape[4:10, 2:4] = True  # Vertical bar, rows 4-9.
+  l_shape[8:10, 2:8] = True  # Foot, rows 8-9, to column 7.
+  semantics[l_shape], instances[l_shape] = 2, 1
+  out = _instance_objects(semantics, instances, max_instances=1, mask_size=8)
+  np.testing.assert_array_equal(out["boxes"][0] * 16, [4, 2, 10, 8])
+  crop = out["masks"][0]
+  # 6 pixels -> 8 samples: row i reads y = 3.875 + 0.75 i, column j reads
+  # x = 1.875 + 0.75 j (both clamped to the box).
+  assert crop[0, 0] == 1  # y, x clamped to (4, 2): in the bar.
+  assert crop[0, 3] == 0  # x = 4.125: right of the bar, above the foot.
+  assert crop[5, 5] == 0.625  # y = 7.625: 0.375 row 7 (0) + 0.625 row 8.
+  # y = 7.625, x = 3.375: row 7 is 1 at column 3 and 0 at 4, row 8 all 1.
+  assert crop[5, 2] == 0.375 * 0.625 + 0.625
+  np.testing.assert_allclose(
+      crop, _half_pixel_crop(l_shape, (4, 2, 10, 8), 8), atol=1e-6)
+  # The same as TF's half-pixel resize of the box alone.
+  resized = tf.image.resize(l_shape[4:10, 2:8, None].astype(np.float32),
+                            (8, 8), "bilinear")[..., 0]
+  np.testing.assert_allclose(crop, resized, atol=1e-6)
+  # A box larger than the mask (downsampling, no antialiasing) too.
+  small = _instance_objects(semantics, instances, max_instances=1,
+                            mask_size=4)["masks"][0]
+  np.testing.assert_allclose(
+      small, _half_pixel_crop(l_shape, (4, 2, 10, 8), 4), atol=1e-6)
+
+
+def test_instance_objects_selection():
+  semantics, instances = _scene(8, 12)
+  # Ids 7, 3, 5 (not contiguous), and id 4 on stuff pixels (class 4 is not
+  # a thing with num_things=4): not an object.
+  for obj_id, cls, col in ((7, 0, 0), (3, 2, 3), (5, 1, 6), (4, 4, 9)):
+    semantics[:, col:col + 2], instances[:, col:col + 2] = cls, obj_id
+  out = _instance_objects(semantics, instances, max_instances=4, mask_size=4)
+  np.testing.assert_array_equal(out["classes"], [2, 1, 0, -1])
+  np.testing.assert_allclose(out["boxes"][:, 1] * 12, [3, 6, 0, 0])
+  # More objects than slots: the first ones by id, no error.
+  out = _instance_objects(semantics, instances, max_instances=2, mask_size=4)
+  np.testing.assert_array_equal(out["classes"], [2, 1])
+  # No things at all: all padding.
+  out = _instance_objects(*_scene(), max_instances=3, mask_size=4)
+  np.testing.assert_array_equal(out["classes"], -1)
+  np.testing.assert_array_equal(out["boxes"], 0)
+  np.testing.assert_array_equal(out["masks"], 0)
+
+
+def test_instance_objects_reads_pngs_in_tf_data():
+  semantics, instances = _scene()
+  semantics[3:6, 4:12], instances[3:6, 4:12] = 0, 1
+  fn = builder.get_preprocess_fn("instance_objects(max_instances=2)")
+  ds = tf.data.Dataset.from_tensors(dict(
+      semantics=tf.io.encode_png(semantics),
+      instances=tf.io.encode_png(instances))).map(fn)
+  # Fixed shapes, so that examples batch.
+  assert ds.element_spec["masks"].shape == (2, 64, 64)
+  assert ds.element_spec["boxes"].shape == (2, 4)
+  out = ds.get_single_element()
+  np.testing.assert_array_equal(out["boxes"][0] * 16, [3, 4, 6, 12])
+  np.testing.assert_array_equal(out["masks"][0], 1)

@@ -206,7 +206,7 @@ def test_encoder_init_fixes_old_vit_checkpoints_and_resamples(tmp_path):
   np.savez(tmp_path / "vit.npz", **vit_file)
 
   config.encoder_init = str(tmp_path / "vit.npz")
-  loaded = uvim_stage2._load_vit_encoder(config.encoder_init, params)
+  loaded = uvim_stage2.load_vit_encoder(config.encoder_init, params)
   flat = traverse_util.flatten_dict(loaded, sep="/")
   kernel = "encoder/encoderblock_0/MlpBlock_0/Dense_0/kernel"
   np.testing.assert_array_equal(

@@ -197,3 +197,143 @@ def test_smoke_trains_and_evaluates(tfds_data_dir, tmp_path):
   assert np.isfinite(test_train.scalars(str(tmp_path), "val/rmse")[last])
   assert last in test_train.scalars(str(tmp_path),
                                     "train/codebook_perplexity")
+
+
+# The instance-mask tokenizer.
+
+
+def _mask_trainer(**overrides):
+  """The mask smoke config's trainer on 3 slots of 32x32 masks (2x2 codes)."""
+  config = ait_synthetic.get_config("mask_tokenizer_smoke")
+  config.model.input_size = (32, 32)
+  config.task.max_instances = 3
+  config.objects_per_batch = None
+  config.update(overrides)
+  return trainers.get_trainer(config)
+
+
+def _mask_batch(seed=0):
+  """2 images: objects (class 1, 0) and (2), the other slots padding."""
+  rng = np.random.default_rng(seed)
+  masks = rng.uniform(size=(2, 3, 32, 32)).astype(np.float32)
+  masks[0, 2] = masks[1, 1:] = 0  # Padding slots, as the pp op writes them.
+  return {"masks": masks,
+          "classes": np.array([[1, 0, -1], [2, -1, -1]], np.int32)}
+
+
+@pytest.fixture(scope="module")
+def mask_setup():
+  trainer = _mask_trainer()
+  variables = jax.jit(trainer.init)(jax.random.key(0, impl="rbg"),
+                                    _mask_batch())
+  return trainer, variables
+
+
+def test_mask_loss_is_ait_mse_on_valid_objects_only(mask_setup):
+  trainer, variables = mask_setup
+  batch = _mask_batch()
+  loss_fn = jax.jit(trainer.loss)
+  rng = jax.random.key(1)
+  loss, (state, measurements) = loss_fn(variables["params"],
+                                        variables["state"], batch, rng)
+  # AiT's MSE in [-1, 1] units, over the 3 valid objects' pixels.
+  valid = batch["masks"][[0, 0, 1], [0, 1, 0]]
+  reconstruction, aux = jax.jit(trainer.model.apply)(
+      variables, valid[..., None] * 2 - 1)
+  loss_rec = np.mean((np.asarray(reconstruction)[..., 0] - (valid * 2 - 1))
+                     ** 2)
+  np.testing.assert_allclose(measurements["loss_rec"], loss_rec, rtol=1e-5)
+  codebook = jax.jit(functools.partial(
+      trainer.model.apply, method=trainer.model.codebook))(variables)
+  commitment = np.mean((aux["z"] - codebook[aux["codes"]]) ** 2)
+  np.testing.assert_allclose(loss, loss_rec + 0.25 * commitment, rtol=1e-5)
+  counts = np.bincount(np.asarray(aux["codes"]).ravel(), minlength=16)
+  assert counts.sum() == 3 * 2 * 2  # 3 objects of 2x2 codes, no padding.
+  np.testing.assert_allclose(measurements["codebook_perplexity"],
+                             vq.perplexity(jnp.asarray(counts, jnp.float32)),
+                             rtol=1e-5)
+
+  # Whatever a padding slot holds changes nothing, codebook state included.
+  changed = dict(batch, masks=batch["masks"].copy())
+  changed["masks"][1, 2] = 1.0
+  changed["masks"][0, 2] = np.random.default_rng(5).uniform(size=(32, 32))
+  loss2, (state2, measurements2) = loss_fn(variables["params"],
+                                           variables["state"], changed, rng)
+  assert loss2 == loss
+  jax.tree.map(np.testing.assert_array_equal, measurements2, measurements)
+  jax.tree.map(np.testing.assert_array_equal, state2, state)
+
+  # objects_per_batch=3 keeps exactly the 3 valid objects: the same loss.
+  compact = _mask_trainer(objects_per_batch=3)
+  loss3, (_, measurements3) = jax.jit(compact.loss)(
+      variables["params"], variables["state"], changed, rng)
+  np.testing.assert_allclose(loss3, loss, rtol=1e-6)
+  np.testing.assert_allclose(measurements3["mask_iou"],
+                             measurements["mask_iou"], rtol=1e-6)
+
+
+def test_mask_iou_by_hand():
+  target = np.zeros((3, 4, 4), np.float32)
+  target[:, :2, :2] = 1  # 4 pixels.
+  predicted = np.zeros((3, 4, 4), np.float32)
+  predicted[0, :2, :3] = 0.7  # 6 pixels, 4 shared: IoU 4 / 6.
+  predicted[1, :2, :2] = 0.5  # Not above 0.5: empty, IoU 0.
+  predicted[2] = 1.0  # Padding: 0 whatever it holds.
+  iou = vqvae.mask_iou(predicted, target, np.array([True, True, False]))
+  np.testing.assert_allclose(iou, [4 / 6, 0, 0], rtol=1e-6)
+  both_empty = vqvae.mask_iou(np.zeros((4, 4)), np.zeros((4, 4)), True)
+  assert both_empty == 1
+
+
+def test_mask_iou_predict_fn(mask_setup):
+  trainer, variables = mask_setup
+  batch = _mask_batch()
+  fns = trainer.predict_fns()
+  masks = jax.jit(fns["reconstruct"])(variables, batch)["masks"]
+  assert masks.shape == (2, 3, 32, 32)
+  assert 0 <= masks.min() and masks.max() <= 1
+  out = jax.jit(fns["mask_iou"])(variables, batch)
+  iou = np.asarray(vqvae.mask_iou(masks, batch["masks"],
+                                  batch["classes"] >= 0))
+  np.testing.assert_allclose(out["mask_iou"],
+                             [iou[0, :2].mean(), iou[1, 0]], rtol=1e-6)
+  np.testing.assert_allclose(out["mask_iou_sum"],
+                             [iou[0, :2].sum(), iou[1, 0]], rtol=1e-6)
+  np.testing.assert_array_equal(out["num_objects"], [2, 1])
+
+
+def test_mask_configs_and_errors():
+  config = ait_synthetic.get_config("mask_tokenizer")
+  assert config.mask_ratio == 0 and "instance_objects" in config.input.pp
+  trainer = trainers.get_trainer(config)
+  spec = trainer.input_spec(2)
+  assert spec["masks"].shape == (2, 8, 64, 64)
+  assert spec["classes"].shape == (2, 8) and spec["classes"].dtype == jnp.int32
+  variables = jax.eval_shape(trainer.init, jax.random.key(0), spec)
+  assert variables["state"]["sums"].shape == (128, 512)
+  codes = jax.eval_shape(
+      functools.partial(trainer.model.apply, method=trainer.model.encode),
+      variables, jax.ShapeDtypeStruct((16, 64, 64, 1), jnp.float32))
+  assert codes.shape == (16, 4, 4)  # 16 tokens per object mask.
+  with pytest.raises(ValueError, match="mask augmentation.*is for depth"):
+    _mask_trainer(mask_ratio=0.5)
+  with pytest.raises(ValueError, match="objects_per_batch is for instance"):
+    _trainer(objects_per_batch=4)
+
+
+def test_mask_smoke_trains_and_evaluates(tfds_data_dir, tmp_path):
+  variant = "mask_tokenizer_smoke"
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config",
+       f"configs/ait_synthetic.py:{variant}", "--workdir", str(tmp_path)],
+      cwd=test_train.REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "TFDS_DATA_DIR": tfds_data_dir})
+  assert result.returncode == 0, result.stderr[-3000:]
+  last = ait_synthetic.get_config(variant).total_steps
+  assert test_train.checkpoint_steps(tmp_path)[-1] == last
+  iou = test_train.scalars(str(tmp_path), "val/mask_iou")[last]
+  assert 0 <= iou <= 1
+  # synthetic_scenes/tiny's validation split: 2-8 things per image.
+  assert 2 <= test_train.scalars(str(tmp_path),
+                                 "val/num_objects")[last] <= 8
+  assert last in test_train.scalars(str(tmp_path), "train/mask_iou")

@@ -5,8 +5,14 @@ per image: each step runs the decoder on the previous token with the KV cache
 (`Model.decode_step`), filters the next-token distribution (temperature,
 top-k, top-p) and draws a token. `cached=False` runs the whole decoder on the
 sequence so far at every step instead: the slow reference the cache is tested
-and benchmarked against. The non-autoregressive LM is decoded in one forward
-pass, then every position is drawn independently.
+and benchmarked against. The non-autoregressive and the parallel (AiT-P) LMs
+are decoded in one forward pass, then every position is drawn independently.
+
+AiT's options: `position_ranges` restricts every position to its token
+type's slice of the vocabulary (e.g. the depth codes, or a box coordinate's
+bins); `soft_tokens` feeds the next step the probability vector of the
+position just decoded (restricted to its slice) instead of the drawn token;
+`first_tokens` starts the sequences with a task token instead of BOS.
 
 Randomness is per example: sample n of image b at position t uses the key
 `fold_in(fold_in(seeds[b], n), t)`, so it depends only on the image, the
@@ -62,8 +68,11 @@ def _choose(logits, keys, temperature, top_k, top_p):
   return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-def _check_options(model, num_samples, temperature, top_k, top_p):
+def _check_options(model, num_samples, temperature, top_k, top_p, cached,
+                   soft_tokens):
   """Raises a ValueError naming the first bad sampling option."""
+  if soft_tokens and not cached:
+    raise ValueError("soft_tokens need the cached decoder (cached=True).")
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
   if temperature < 0:
@@ -105,8 +114,27 @@ def encode(model, params, images, chunk=0):
   return encoded.reshape((b,) + encoded.shape[2:])
 
 
+def restrict(logits, ranges):
+  """Logits (..., V) with the tokens outside [lo, hi) of `ranges` at -inf.
+
+  Args:
+    logits: (R, V) or (R, L, V).
+    ranges: None (no restriction), or int [lo, hi) pairs broadcastable to
+      logits.shape[:-1] + (2,).
+
+  Returns:
+    The restricted logits.
+  """
+  if ranges is None:
+    return logits
+  ids = jnp.arange(logits.shape[-1])
+  inside = (ids >= ranges[..., :1]) & (ids < ranges[..., 1:])
+  return jnp.where(inside, logits, -jnp.inf)
+
+
 def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
-           top_k=0, top_p=0.0, cached=True, encode_chunk=0):
+           top_k=0, top_p=0.0, cached=True, encode_chunk=0, first_tokens=None,
+           position_ranges=None, soft_tokens=False, with_logits=False):
   """Draws `num_samples` codes per image from the LM (traceable; see jit).
 
   Args:
@@ -125,14 +153,26 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
     cached: use the KV cache; False runs the full decoder at every step.
     encode_chunk: encode the images this many at a time (0: all at once);
       see `encode`.
+    first_tokens: (B,) the first input token of each image's sequences
+      (default 0, BOS), e.g. a task token.
+    position_ranges: None, or int32 (L, 2) or (B, L, 2) [lo, hi): position
+      t draws only tokens in [lo, hi), and its logits are restricted so
+      before the temperature and the filters.
+    soft_tokens: AiT's soft tokens: the input for position t + 1 is the
+      (restricted, untempered) probability vector of position t, not the
+      drawn token. Needs `cached`.
+    with_logits: also return the (restricted) logits of every position.
 
   Returns:
     codes: (B, N, L) int32 tokens in [0, vocab_size) (0 is BOS/padding,
       which a trained LM does not predict; stage-I indices are codes - 1).
     logprobs: (B, N, L) float32 log-probability of each token under the
-      model's own (untempered, unfiltered) next-token distribution.
+      model's own (untempered, unfiltered, but restricted) next-token
+      distribution.
+    logits: with `with_logits`, (B, N, L, V) float32.
   """
-  _check_options(model, num_samples, temperature, top_k, top_p)
+  _check_options(model, num_samples, temperature, top_k, top_p, cached,
+                 soft_tokens)
   if not jax.dtypes.issubdtype(seeds.dtype, jax.dtypes.prng_key):
     seeds = jax.vmap(jax.random.key)(seeds)
   b, n, length = images.shape[0], num_samples, model.seq_len
@@ -143,45 +183,76 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
                              top_p=top_p)
   variables = {"params": params}
   encoded = encode(model, params, images, encode_chunk)
+  if first_tokens is None:
+    first_tokens = jnp.zeros((b,), jnp.int32)
+  first_tokens = jnp.repeat(first_tokens.astype(jnp.int32), n)  # (R,)
+  if position_ranges is not None:
+    position_ranges = jnp.asarray(position_ranges, jnp.int32)
+    if position_ranges.ndim == 3:  # Per image -> per sequence.
+      position_ranges = jnp.repeat(position_ranges, n, axis=0)
+    position_ranges = jnp.broadcast_to(position_ranges, (b * n, length, 2))
 
   def logprob_of(logits, tokens):
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logprobs, tokens[..., None], axis=-1)[..., 0]
 
-  if not model.autoregressive:
-    logits = model.apply(variables, encoded, method=model.decode)
-    logits = jnp.repeat(logits, n, axis=0)  # (R, L, V)
+  def outputs(codes, logprobs, logits):
+    shape = (b, n, length)
+    out = (codes.reshape(shape), logprobs.reshape(shape))
+    if with_logits:
+      out += (logits.reshape(shape + logits.shape[-1:]),)
+    return out
+
+  if not model.autoregressive or model.parallel:
+    # No input depends on an earlier output: one pass decodes everything.
+    logits = model.apply(variables, encoded,
+                         jnp.zeros((b * n, length), jnp.int32),
+                         method=model.decode)
+    if not model.autoregressive:  # Per image: the same for all its samples.
+      logits = jnp.repeat(logits, n, axis=0)
+    logits = restrict(logits, position_ranges)  # (R, L, V)
     pos_keys = jax.vmap(_fold_in, (None, 0), 1)(keys, jnp.arange(length))
     codes = jax.vmap(choose, in_axes=1, out_axes=1)(logits, pos_keys)
-    return (codes.reshape(b, n, length),
-            logprob_of(logits, codes).reshape(b, n, length))
+    return outputs(codes, logprob_of(logits, codes), logits)
 
   if cached:
-    def next_logits(t, seqs, cache):
-      return model.apply(variables, cache, seqs[:, t], t,
+    def next_logits(t, inputs, seqs, cache):
+      del seqs
+      return model.apply(variables, cache, inputs, t,
                          method=model.decode_step)
     cache = model.apply(variables, encoded, n, method=model.init_cache)
   else:
-    def next_logits(t, seqs, cache):
-      logits = model.apply(variables, encoded, seqs[:, 1:],
+    def next_logits(t, inputs, seqs, cache):
+      del inputs
+      logits = model.apply(variables, encoded, seqs, first_tokens=first_tokens,
                            method=model.decode)
       return jax.lax.dynamic_index_in_dim(logits, t, 1, False), cache
     cache = ()
 
   def step(t, carry):
-    seqs, logprobs, cache = carry
-    logits, cache = next_logits(t, seqs, cache)
+    inputs, seqs, logprobs, all_logits, cache = carry
+    logits, cache = next_logits(t, inputs, seqs, cache)
+    if position_ranges is not None:
+      logits = restrict(logits, position_ranges[:, t])
     tokens = choose(logits, _fold_in(keys, t))
-    seqs = seqs.at[:, t + 1].set(tokens)
+    inputs = jax.nn.softmax(logits) if soft_tokens else tokens
+    seqs = seqs.at[:, t].set(tokens)
     logprobs = logprobs.at[:, t].set(logprob_of(logits, tokens))
-    return seqs, logprobs, cache
+    if with_logits:
+      all_logits = all_logits.at[:, t].set(logits)
+    return inputs, seqs, logprobs, all_logits, cache
 
-  # seqs[:, 0] is BOS; seqs[:, t] is the token that predicts position t.
-  seqs = jnp.zeros((b * n, length + 1), jnp.int32)
+  # `inputs` is what predicts the next position: the first token, then the
+  # drawn token (or its soft version) of the position before.
+  first = (jax.nn.one_hot(first_tokens, model.vocab_size) if soft_tokens
+           else first_tokens)
+  seqs = jnp.zeros((b * n, length), jnp.int32)
   logprobs = jnp.zeros((b * n, length), jnp.float32)
-  seqs, logprobs, _ = jax.lax.fori_loop(0, length, step,
-                                        (seqs, logprobs, cache))
-  return (seqs[:, 1:].reshape(b, n, length), logprobs.reshape(b, n, length))
+  all_logits = jnp.zeros((b * n, length, model.vocab_size) if with_logits
+                         else (), jnp.float32)
+  _, seqs, logprobs, all_logits, _ = jax.lax.fori_loop(
+      0, length, step, (first, seqs, logprobs, all_logits, cache))
+  return outputs(seqs, logprobs, all_logits)
 
 
 def make_sample_fn(model, **options):

@@ -69,7 +69,7 @@ def ema_update(counts, sums, batch_counts, batch_sums, decay):
   return counts, sums
 
 
-def restart_dead_codes(counts, sums, x, key, threshold):
+def restart_dead_codes(counts, sums, x, key, threshold, weights=None):
   """Jukebox's random restarts: codes used too little become batch vectors.
 
   A code whose EMA count is below `threshold` is replaced by a random one of
@@ -82,12 +82,20 @@ def restart_dead_codes(counts, sums, x, key, threshold):
     x: (..., D) the batch's encoder outputs.
     key: PRNG key for the choice of vectors.
     threshold: the count below which a code restarts.
+    weights: optional, broadcastable to x.shape[:-1]: only vectors of
+      weight > 0 are picked (any, if none has).
 
   Returns:
     The new (counts, sums).
   """
-  x = jax.lax.stop_gradient(x).reshape(-1, x.shape[-1]).astype(sums.dtype)
-  picks = x[jax.random.randint(key, counts.shape, 0, x.shape[0])]
+  flat = jax.lax.stop_gradient(x).reshape(-1, x.shape[-1]).astype(sums.dtype)
+  if weights is None:
+    picks = flat[jax.random.randint(key, counts.shape, 0, flat.shape[0])]
+  else:
+    eligible = jnp.broadcast_to(weights, x.shape[:-1]).reshape(-1) > 0
+    # Uniform over the eligible vectors; over all of them if none is.
+    logits = jnp.where(eligible | ~jnp.any(eligible), 0.0, -jnp.inf)
+    picks = flat[jax.random.categorical(key, logits, shape=counts.shape)]
   dead = counts < threshold
   return (jnp.where(dead, threshold, counts),
           jnp.where(dead[:, None], picks * threshold, sums))
@@ -221,17 +229,28 @@ class Model(nn.Module):
                        "or crop the labels (pp) or change model.downsample.")
     return self.encoder(labels)
 
-  def __call__(self, labels, train=False):
+  def __call__(self, labels, train=False, weights=None):
     """Reconstructs `labels` through the code; `train` updates the codebook.
+
+    Args:
+      labels: (B, H, W, channels).
+      train: update the EMA codebook (and restart dead codes).
+      weights: optional (B,) weights of the examples in the codebook
+        statistics: 0 leaves an example out of the counts, sums and
+        restarts (e.g. a padding object), None counts all once.
 
     Returns:
       (reconstruction (B, H, W, channels), aux) with aux {"z": encoder
       output, "z_q": its quantisation (straight-through gradient), "codes":
-      (B, h, w) int indices, "code_counts": (num_codes,) uses in the batch}.
+      (B, h, w) int indices, "code_counts": (num_codes,) (weighted) uses in
+      the batch}.
     """
     z = self._encode(labels)
     z_q, codes = self.quantize(z)
-    batch_counts, batch_sums = vq.assignment_stats(codes, z, self.num_codes)
+    if weights is not None:
+      weights = jnp.asarray(weights, jnp.float32)[:, None, None]
+    batch_counts, batch_sums = vq.assignment_stats(codes, z, self.num_codes,
+                                                   weights)
     # Not at init: the initial state is the one documented in `setup`.
     if train and not self.is_initializing():
       self.counts.value, self.sums.value = ema_update(
@@ -240,7 +259,7 @@ class Model(nn.Module):
       if self.restart_threshold:
         self.counts.value, self.sums.value = restart_dead_codes(
             self.counts.value, self.sums.value, z, self.make_rng("restart"),
-            self.restart_threshold)
+            self.restart_threshold, weights)
     aux = {"z": z, "z_q": z_q, "codes": codes, "code_counts": batch_counts}
     return self.decoder(z_q), aux
 

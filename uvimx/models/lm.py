@@ -16,7 +16,15 @@ not at every step, and are shared by all samples of that image.
 
 `autoregressive=False` is the paper's "no Autoreg." ablation: the decoder
 sees only the position embeddings (no target tokens, no causal mask) and
-predicts every code position in one pass.
+predicts every code position in one pass. `parallel=True` is AiT-P (Ning et
+al., 2023, Sec. 3.4): every position's input is one learned token
+(`ParallelToken`) plus its position embedding, under the causal mask; as no
+input depends on an output, one pass decodes the whole code too.
+
+Inputs to the decoder are token ids, or, for AiT's soft tokens, probability
+vectors over the vocabulary: their input embedding is the probability-
+weighted mean of the token embeddings. The first input is token 0 (BOS)
+unless the caller gives another, e.g. a task token.
 
 Dimensions: B images, N samples per image, R = B * N sequences (image-major),
 P image patches, L code length (`seq_len`), E width, H heads, D = E / H,
@@ -32,9 +40,15 @@ import numpy as np
 from uvimx.models import vit
 
 
-def shift_right(x):
-  """Teacher forcing input: (R, L) tokens -> BOS (0) then tokens[:, :-1]."""
-  return jnp.pad(x, ((0, 0), (1, 0)))[:, :-1]
+def shift_right(x, first_tokens=None):
+  """Teacher forcing input: (R, L) tokens -> first token, then x[:, :-1].
+
+  The first token is BOS (0), or `first_tokens` (R,) (e.g. a task token).
+  """
+  if first_tokens is None:
+    first_tokens = jnp.zeros(x.shape[:1], x.dtype)
+  return jnp.concatenate([first_tokens[:, None].astype(x.dtype), x[:, :-1]],
+                         axis=1)
 
 
 class Attention(nn.Module):
@@ -141,9 +155,14 @@ class Decoder(nn.Module):
   output_vocab_size: int = 32000
   zero_decoder_seq: bool = False
   autoregressive: bool = True
+  parallel: bool = False
 
   def setup(self):
-    if self.autoregressive:
+    if self.parallel:
+      self.ParallelToken = self.param(
+          "ParallelToken", nn.initializers.normal(stddev=1.0),
+          (1, 1, self.emb_dim))
+    elif self.autoregressive:
       self.EmbedTargets = nn.Embed(
           self.output_vocab_size, self.emb_dim,
           embedding_init=nn.initializers.normal(stddev=1.0))
@@ -163,8 +182,24 @@ class Decoder(nn.Module):
     return [block.cross_kv(encoded) for block in self.blocks]
 
   def embed(self, tokens, pos_emb):
-    """(R, Q) tokens and their (1, Q, E) position embeddings -> (R, Q, E)."""
-    x = self.EmbedTargets(tokens)
+    """Inputs and their (1, Q, E) position embeddings -> (R, Q, E).
+
+    Args:
+      tokens: (R, Q) token ids, or (R, Q, V) probabilities (soft tokens),
+        whose embedding is sum_k p_k E_k. Ignored by the parallel decoder,
+        whose every input is the `ParallelToken`.
+      pos_emb: the position embeddings of those Q positions.
+    """
+    if self.parallel:
+      return jnp.broadcast_to(self.ParallelToken + pos_emb,
+                              tokens.shape[:2] + (self.emb_dim,))
+    if jnp.issubdtype(tokens.dtype, jnp.floating):
+      # HIGHEST: one-hot probabilities must pick rows exactly, also where
+      # matmuls default to bf16 / tf32.
+      x = jnp.einsum("rqv,ve->rqe", tokens, self.EmbedTargets.embedding,
+                     precision=jax.lax.Precision.HIGHEST)
+    else:
+      x = self.EmbedTargets(tokens)
     if self.zero_decoder_seq:
       x = jnp.zeros_like(x)
     return x + pos_emb
@@ -208,6 +243,8 @@ class Model(nn.Module):
     autoregressive: False predicts all positions in one pass from position
       embeddings only (the paper's "no Autoreg." LM); it has no
       `EmbedTargets`.
+    parallel: AiT-P: the inputs are a learned parallel token plus position
+      embeddings, under the causal mask; no `EmbedTargets` either.
   """
   patches: Any
   num_heads: int = 8
@@ -221,8 +258,12 @@ class Model(nn.Module):
   posemb_type: str = "sincos2d"
   zero_decoder_seq: bool = False
   autoregressive: bool = True
+  parallel: bool = False
 
   def setup(self):
+    if self.parallel and not self.autoregressive:
+      raise ValueError("lm.Model: parallel (AiT-P) keeps the causal decoder; "
+                       "it cannot be combined with autoregressive=False.")
     patch = tuple(self.patches["size"])
     grid = tuple(np.array(self.input_size) // np.array(patch))
     self.pos_emb_for_encoder = vit.get_posemb(
@@ -240,7 +281,7 @@ class Model(nn.Module):
         num_layers=self.num_layers, dropout_rate=self.dropout_rate,
         output_vocab_size=self.vocab_size,
         zero_decoder_seq=self.zero_decoder_seq,
-        autoregressive=self.autoregressive)
+        autoregressive=self.autoregressive, parallel=self.parallel)
 
   def encode(self, image, *, train=False):
     """(B, H, W, C) images -> (B, P, E) encoded patches."""
@@ -253,15 +294,17 @@ class Model(nn.Module):
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     return self.encoder(x + self.pos_emb_for_encoder, deterministic=not train)
 
-  def decode(self, encoded, targets=None, *, train=False):
+  def decode(self, encoded, targets=None, *, first_tokens=None, train=False):
     """Logits (R, L, V) of all code positions, in one pass.
 
     Args:
       encoded: (B, P, E) from `encode`.
       targets: (R, L) codes, R = B * N (N sequences per image, image-major),
-        teacher-forced: logits[:, t] predicts targets[:, t] from
-        targets[:, :t]. Unused by the non-autoregressive model (which then
-        returns (B, L, V)).
+        teacher-forced: logits[:, t] predicts position t from the first
+        token and targets[:, :t]. Unused by the non-autoregressive model
+        (which then returns (B, L, V)); the parallel model reads only their
+        shape.
+      first_tokens: (R,) the first input of every sequence (default 0, BOS).
       train: apply dropout.
 
     Returns:
@@ -278,13 +321,14 @@ class Model(nn.Module):
           f"The autoregressive LM needs (N * {encoded.shape[0]}, "
           f"{self.seq_len}) targets for {encoded.shape[0]} images, got "
           f"{getattr(targets, 'shape', None)}.")
-    x = self.decoder.embed(shift_right(targets), pos_emb)
+    x = self.decoder.embed(shift_right(targets, first_tokens), pos_emb)
     causal = jnp.tril(jnp.ones((self.seq_len, self.seq_len), bool))
     return self.decoder(x, cross_kv, None, 0, causal, not train)[0]
 
-  def __call__(self, image, targets=None, *, train=False):
+  def __call__(self, image, targets=None, *, first_tokens=None, train=False):
     """Logits (R, L, V) of `targets` given the images; see `decode`."""
-    return self.decode(self.encode(image, train=train), targets, train=train)
+    return self.decode(self.encode(image, train=train), targets,
+                       first_tokens=first_tokens, train=train)
 
   def init_cache(self, encoded, num_samples=1):
     """The decoding cache for `num_samples` sequences per encoded image.
@@ -308,7 +352,9 @@ class Model(nn.Module):
 
     Args:
       cache: from `init_cache` or the previous `decode_step`.
-      tokens: (R,) the codes at position index - 1 (0, BOS, for index 0).
+      tokens: (R,) the codes at position index - 1 (for index 0 the first
+        token: 0, BOS, or e.g. a task token), or (R, V) probabilities of
+        them (soft tokens).
       index: the position whose logits are computed (a scalar, traceable).
 
     Returns:

@@ -44,13 +44,16 @@ def quantize(x, e):
   return jax.lax.stop_gradient(e[idx] - x) + x, idx
 
 
-def assignment_stats(idx, x, dict_size):
+def assignment_stats(idx, x, dict_size, weights=None):
   """How many vectors, and their sum, went to each codeword in the batch.
 
   Args:
     idx: (...) codeword indices.
     x: (..., D) the vectors that were quantised (no gradient flows back).
     dict_size: K.
+    weights: optional weights of the vectors, broadcastable to `idx`'s
+      shape: each vector counts `weight` times (0 leaves it out, e.g. a
+      padding example).
 
   Returns:
     (counts, sums): (K,) and (K, D) float32, summed over all leading axes.
@@ -58,6 +61,9 @@ def assignment_stats(idx, x, dict_size):
   # float32 whatever the model's dtype: bfloat16 would not even count
   # exactly beyond 256.
   onehot = jax.nn.one_hot(idx, dict_size, dtype=jnp.float32)
+  if weights is not None:
+    onehot = onehot * jnp.broadcast_to(
+        jnp.asarray(weights, jnp.float32), idx.shape)[..., None]
   counts = jnp.sum(onehot, axis=tuple(range(idx.ndim)))
   # Full precision: TPUs and GPUs otherwise round the operands of a float32
   # matmul (to bf16 / tf32), which would bias the learned dictionary.

@@ -29,17 +29,16 @@ import ml_collections
 
 from uvimx import checkpoint
 from uvimx import decode
-from uvimx import tasks
+from uvimx import tokenizers
 from uvimx.models import lm
 from uvimx.models import vit
-from uvimx.trainers import uvim_stage1
 
 # big_vision ViT checkpoint names -> the LM's encoder names.
 _VIT_TO_LM = (("Transformer/", "encoder/"), ("embedding/", "EmbedPatches/"),
               ("pos_embedding", "pos_embedding_encoder"))
 
 
-def _image_seeds(images):
+def image_seeds(images):
   """(B,) int32 seeds from the images, so every example gets its own draw.
 
   As big_vision's predict fn: the seed depends only on the example, not on
@@ -54,14 +53,12 @@ class Trainer:
 
   def __init__(self, config):
     self.config = config
-    self.task = tasks.get_task(config.task.name)
-    # Tasks read the patch grid from `model`: here the stage-I model's.
-    self.task_config = ml_collections.ConfigDict(
-        {"task": config.task, "model": config.oracle.model})
-    self.oracle = uvim_stage1.make_model(config.oracle.model, self.task_config)
+    self.oracle = tokenizers.Uvim(
+        ml_collections.ConfigDict({**config.oracle, "task": config.task}),
+        checkpoint_field="config.oracle.checkpoint")
     self.model = lm.Model(**config.model)
-    expected = {"seq_len": config.oracle.model.code_len,
-                "vocab_size": config.oracle.model.dict_size + 1}
+    expected = {"seq_len": self.oracle.code_len,
+                "vocab_size": self.oracle.num_codes + 1}
     for key, value in expected.items():
       if config.model[key] != value:
         raise ValueError(
@@ -75,13 +72,11 @@ class Trainer:
         config.get("diversity_sampling", {"temperature": 1.0}))
 
   def input_spec(self, batch_size):
-    return tasks.batch_spec(self.task_config, batch_size)
+    return self.oracle.label_spec(batch_size)
 
   def init(self, rng, batch):
     lm_rng, oracle_rng = jax.random.split(rng)
-    oracle = self.oracle.init(
-        {"params": oracle_rng, "state": oracle_rng},
-        self.task.model_inputs(batch, self.task_config), ctx=batch["image"])
+    oracle = self.oracle.init(oracle_rng, batch)
     tokens = jnp.zeros((batch["image"].shape[0], self.config.model.seq_len),
                        jnp.int32)
     params = self.model.init(lm_rng, batch["image"], tokens)["params"]
@@ -89,34 +84,21 @@ class Trainer:
 
   def load_pretrained(self, variables):
     """The stage-I checkpoint into "state", a ViT into the LM's encoder."""
-    path = self.config.oracle.get("checkpoint")
-    if not path:
-      raise ValueError(
-          "Stage II needs the trained stage-I model: set "
-          "config.oracle.checkpoint to a uvimx step directory "
-          "(S1_WORKDIR/checkpoints/N) or a big_vision .npz.")
-    oracle = variables["state"]["oracle"]
-    if path.endswith(".npz"):
-      oracle = checkpoint.load_big_vision_npz(path, template=oracle)
-    else:
-      oracle = checkpoint.load_variables(path, jax.eval_shape(lambda: oracle))
+    oracle = self.oracle.load(variables["state"]["oracle"])
     params = variables["params"]
     if self.config.get("encoder_init"):
-      params = _load_vit_encoder(self.config.encoder_init, params)
+      params = load_vit_encoder(self.config.encoder_init, params)
     return {"params": params, "state": {"oracle": oracle}}
 
   def _codes(self, state, batch):
     """The frozen stage-I code of every label, as LM tokens (index + 1)."""
-    _, out = self.oracle.apply(
-        state["oracle"], self.task.model_inputs(batch, self.task_config),
-        ctx=batch["image"], method=self.oracle.encode)
-    return jax.lax.stop_gradient(out["code"]) + 1
+    return jax.lax.stop_gradient(self.oracle.encode(state["oracle"], batch)) + 1
 
   def loss(self, params, state, batch, rng):
     tokens = self._codes(state, batch)
     logits = self.model.apply({"params": params}, batch["image"], tokens,
                               train=True, rngs={"dropout": rng})
-    nll, correct = _token_scores(logits, tokens)
+    nll, correct = token_scores(logits, tokens)
     return jnp.mean(nll), (state, {"token_accuracy": jnp.mean(correct)})
 
   def sample_codes(self, params, images, num_samples, seeds=None,
@@ -135,7 +117,7 @@ class Trainer:
       int32 tokens in [1, vocab_size): stage-I indices + 1.
     """
     if seeds is None:
-      seeds = _image_seeds(images)
+      seeds = image_seeds(images)
     codes, _ = decode.sample(self.model, params, images, seeds,
                              num_samples=num_samples,
                              **{**self.sampling, **sampling})
@@ -145,10 +127,7 @@ class Trainer:
 
   def _decode_labels(self, state, tokens, images):
     """Stage-I base model: LM tokens (B, L) + images -> task prediction."""
-    logits, _ = self.oracle.apply(
-        state["oracle"], tokens - 1, ctx=images, discrete_input=True,
-        method=self.oracle.decode)
-    return self.task.predict_outputs(logits, self.task_config)
+    return self.oracle.decode(state["oracle"], tokens - 1, {"image": images})
 
   def predict_fns(self):
     def predict(variables, batch):
@@ -181,7 +160,7 @@ class Trainer:
       tokens = self._codes(variables["state"], batch)
       logits = self.model.apply({"params": variables["params"]},
                                 batch["image"], tokens)
-      nll, correct = _token_scores(logits, tokens)
+      nll, correct = token_scores(logits, tokens)
       return {"xent": jnp.mean(nll, axis=1),
               "token_accuracy": jnp.mean(correct, axis=1)}
 
@@ -189,14 +168,14 @@ class Trainer:
             "code_loss": code_loss}
 
 
-def _token_scores(logits, tokens):
+def token_scores(logits, tokens):
   """(B, L) negative log-likelihoods of `tokens` and whether argmax hits."""
   logp = jax.nn.log_softmax(logits)
   nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
   return nll, jnp.argmax(logits, axis=-1) == tokens
 
 
-def _load_vit_encoder(path, params):
+def load_vit_encoder(path, params):
   """The LM params with the encoder taken from a big_vision ViT .npz.
 
   The file may be a big_vision training checkpoint ("params/..." keys) or a
