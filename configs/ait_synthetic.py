@@ -1,4 +1,4 @@
-r"""AiT (Ning et al., 2023) on synthetic_scenes/64x64: the depth tokenizer.
+r"""AiT (Ning et al., 2023) on synthetic_scenes/64x64: tokenizers and LMs.
 
 Variants:
 
@@ -16,6 +16,23 @@ Variants:
                           reconstructed masks (`val/mask_iou`).
   mask_tokenizer_smoke    mask_tokenizer with a tiny model for a few steps
                           on synthetic_scenes/tiny (seconds; used by tests).
+
+  The LMs (trainer `ait`) need the tokenizers' checkpoints,
+  --config.tasks.{depth,instances}.tokenizer.checkpoint=WORKDIR/checkpoints/N:
+
+  depth_lm                the autoregressive LM of the depth tokens; its
+                          evaluators `depth` (soft tokens in the LM and the
+                          detokenizer, tau 0.8) and `depth_hard` (none).
+  depth_lm_aux            + AiT's auxiliary loss (SILog through the frozen
+                          detokenizer, weight 1).
+  depth_lm_parallel       AiT-P: a learned parallel token at every position,
+                          one forward pass.
+  depth_lm_parallel_aux   AiT-P + the auxiliary loss.
+  instances_lm            instance segmentation as box, class and mask token
+                          sequences; COCO box and mask AP.
+  joint_lm                one LM for depth and instances, half of every
+                          batch each, as many steps as both alone.
+  lm_smoke                joint_lm, tiny, a few steps on synthetic_scenes/tiny.
 
   python train.py --config configs/ait_synthetic.py:depth_tokenizer \
       --workdir DIR
@@ -81,7 +98,8 @@ _MASK_PP = (f"instance_objects(max_instances={_MAX_INSTANCES}, "
 _MASK_SKIP_DECODE = ("image", "depth", "normals", "boundaries",
                      "panoptic_image")
 _LM_VARIANTS = ("depth_lm", "depth_lm_aux", "depth_lm_parallel",
-                "instances_lm", "joint_lm", "lm_smoke")
+                "depth_lm_parallel_aux", "instances_lm", "joint_lm",
+                "lm_smoke")
 _VARIANTS = ("depth_tokenizer", "depth_tokenizer_nomask", "smoke",
              "mask_tokenizer", "mask_tokenizer_smoke") + _LM_VARIANTS
 
@@ -221,8 +239,8 @@ def _lm_tasks(names, smoke, aux):
         tokenizer=dict(kind="conv_vqvae", model=tokenizer.model,
                        task=tokenizer.task,
                        checkpoint=ml_collections.config_dict.placeholder(str)),
-        # Box coordinates in 64 bins: one per pixel of the 64x64 images.
-        sequence=dict(num_bins=_RES, num_classes=4,
+        # Box coordinates at the 65 pixel edges of the 64x64 images.
+        sequence=dict(num_bins=_RES + 1, num_classes=4,
                       max_instances=_MAX_INSTANCES, mask_weight=0.2),
         # AiT's dice + MSE auxiliary loss, weight 5.
         aux_weight=5.0 if aux else 0.0, aux_tau=1.0,
@@ -238,10 +256,8 @@ def _lm_tasks(names, smoke, aux):
 def _lm_config(variant):
   """The AiT LM variants (see the module docstring)."""
   smoke = variant == "lm_smoke"
-  names = {"depth_lm": ("depth",), "depth_lm_aux": ("depth",),
-           "depth_lm_parallel": ("depth",), "instances_lm": ("instances",),
-           "joint_lm": ("depth", "instances"),
-           "lm_smoke": ("depth", "instances")}[variant]
+  names = {"instances_lm": ("instances",), "joint_lm": ("depth", "instances"),
+           "lm_smoke": ("depth", "instances")}.get(variant, ("depth",))
   data = "synthetic_scenes/tiny" if smoke else "synthetic_scenes/64x64"
   data_dir = ml_collections.config_dict.placeholder(str)
   pp = lambda keys: _LM_PP + f"keep{tuple(keys)}"
@@ -253,12 +269,12 @@ def _lm_config(variant):
       data=dict(name=data, split="train", data_dir=data_dir),
       pp=pp(_LM_KEEP["train"]), batch_size=8 if smoke else 32,
       shuffle_buffer_size=48 if smoke else 10_000, cache_raw=True)
-  config.tasks = _lm_tasks(names, smoke, aux=variant == "depth_lm_aux")
+  config.tasks = _lm_tasks(names, smoke, aux=variant.endswith("_aux"))
   config.model = dict(
       patches=dict(size=(8, 8)), input_size=(_RES, _RES),
       num_layers=1 if smoke else 4, num_heads=2 if smoke else 4,
       mlp_dim=64 if smoke else 512, emb_dim=32 if smoke else 128,
-      posemb_type="learn", parallel=variant == "depth_lm_parallel")
+      posemb_type="learn", parallel="parallel" in variant)
 
   config.total_steps = 4 if smoke else sum(_LM_STEPS[n] for n in names)
   config.log_training_steps = 2 if smoke else 100

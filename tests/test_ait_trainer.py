@@ -12,6 +12,7 @@ import test_train
 
 from configs import ait_synthetic
 from configs import uvim_synthetic
+from uvimx import checkpoint
 from uvimx import losses
 from uvimx import tokenizers
 from uvimx import trainers
@@ -52,8 +53,8 @@ def test_vocabulary_and_sequence_layout(smoke):
   assert depth.offset == 3
   assert instances.offset == 3 + depth.vocab_size == 3 + 16
   assert trainer.model.vocab_size == 3 + 16 + instances.vocab_size
-  # Instances: 4 box bins of 64, 4 classes + noise, 16 mask codes.
-  assert instances.vocab_size == 64 + 5 + 16
+  # Instances: 65 box coordinates, 4 classes + noise, 16 mask codes.
+  assert instances.vocab_size == 65 + 5 + 16
   assert trainer.model.seq_len == max(64, 8 * 21)
   config = ait_synthetic.get_config("lm_smoke")
   config.model.vocab_size = 100
@@ -217,19 +218,28 @@ def _train(variant, workdir, data_dir, *flags):
   return ait_synthetic.get_config(variant).total_steps
 
 
-def test_lm_smoke_trains_and_evaluates(tfds_data_dir, tmp_path):
-  """Both smoke tokenizers, then the joint LM on their checkpoints."""
-  depth = _train("smoke", tmp_path / "depth", tfds_data_dir,
-                 "--config.total_steps=1", "--config.evals={}")
-  masks = _train("mask_tokenizer_smoke", tmp_path / "masks", tfds_data_dir,
-                 "--config.total_steps=1", "--config.evals={}")
-  del depth, masks
-  last = _train(
-      "lm_smoke", tmp_path / "lm", tfds_data_dir,
-      f"--config.tasks.depth.tokenizer.checkpoint={tmp_path}/depth/"
-      "checkpoints/1",
-      f"--config.tasks.instances.tokenizer.checkpoint={tmp_path}/masks/"
-      "checkpoints/1")
+def test_lm_smoke_trains_and_evaluates(smoke, tfds_data_dir, tmp_path):
+  """The joint smoke LM through train.py, on tokenizer checkpoints.
+
+  The tokenizers are the fixture's initialised ones, written as step 1 of
+  a run (their training is tested in test_vqvae_trainer.py).
+  """
+  _, variables, _ = smoke
+  flags = []
+  for name in ("depth", "instances"):
+    mngr = checkpoint.manager(str(tmp_path / name), ml_collections.ConfigDict())
+    checkpoint.save(mngr, 1, variables["state"][name])
+    mngr.close()
+    flags.append(f"--config.tasks.{name}.tokenizer.checkpoint="
+                 f"{tmp_path / name}/checkpoints/1")
+  result = subprocess.run(
+      [sys.executable, "train.py", "--config",
+       "configs/ait_synthetic.py:lm_smoke", "--workdir", str(tmp_path / "lm"),
+       *flags],
+      cwd=test_train.REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "TFDS_DATA_DIR": tfds_data_dir})
+  assert result.returncode == 0, result.stderr[-3000:]
+  last = ait_synthetic.get_config("lm_smoke").total_steps
   workdir = str(tmp_path / "lm")
   assert test_train.checkpoint_steps(workdir)[-1] == last
   for tag in ("depth/rmse", "depth_hard/rmse"):

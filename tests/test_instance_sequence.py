@@ -96,9 +96,9 @@ def test_build_parse_round_trip():
     np.testing.assert_array_equal(seq["objects"][i, :k], src)
     assert (seq["objects"][i, k:] == -1).all()
     np.testing.assert_array_equal(out["classes"][i, :k], classes[i, src])
-    # Bin centres lie within half a bin of the coordinates.
+    # Dequantised boxes lie within half a step of the coordinates.
     err = np.abs(out["boxes"][i, :k] - boxes[i, src])
-    assert (err <= 0.5 / codec.num_bins + 1e-6).all()
+    assert (err <= 0.5 / (codec.num_bins - 1) + 1e-6).all()
     # The rest are noise objects: noise class target, parsed as class -1
     # with score 0, weight only on the class token.
     assert (out["classes"][i, k:] == -1).all()
@@ -163,8 +163,8 @@ def test_noise_objects_duplicate_or_random():
   # About half are duplicates: 448 draws, std of the share 0.024.
   assert abs(is_dup.mean() - 0.5) < 0.1
   # Duplicates lie within 2 * jitter_std of the box size (and one bin).
-  dup = (noise[..., :4][is_dup] - codec.box_start + 0.5) / 1000
-  limit = 2 * 0.05 * np.array([0.2, 0.3, 0.2, 0.3]) + 1 / 1000
+  dup = (noise[..., :4][is_dup] - codec.box_start) / 999
+  limit = 2 * 0.05 * np.array([0.2, 0.3, 0.2, 0.3]) + 1 / 999
   assert (np.abs(dup - boxes[0, 0]) <= limit).all()
   assert np.abs(dup - boxes[0, 0]).max() > 0.002  # They do move.
   # Random boxes are spread over the image.
@@ -245,10 +245,23 @@ def test_parse_scores_and_mask_probs_by_hand():
   m = np.exp([2.0, 4.0, 0.0])
   np.testing.assert_allclose(out["mask_probs"][0, 0, 0], m / m.sum(),
                              rtol=1e-6)
-  # Bins (3, 0, 1, 2) -> centres, ymin/ymax put in order.
-  np.testing.assert_allclose(out["boxes"][0, 0],
-                             [1.5 / 4, 0.5 / 4, 3.5 / 4, 2.5 / 4])
-  np.testing.assert_allclose(out["boxes"][0, 1], [0.125, 0.125, 0.375, 0.375])
+  # Tokens (3, 0, 1, 2) -> k / 3, ymin/ymax put in order.
+  np.testing.assert_allclose(out["boxes"][0, 0], [1 / 3, 0, 1, 2 / 3])
+  np.testing.assert_allclose(out["boxes"][0, 1], [0, 0, 1 / 3, 1 / 3])
+
+
+def test_pixel_edge_boxes_round_trip_exactly():
+  """num_bins = image size + 1: boxes on pixel edges come back exactly."""
+  codec = InstanceSequence(num_bins=65, num_classes=4, num_codes=8,
+                           mask_len=1, max_instances=2)
+  boxes = np.array([[[3, 0, 17, 64], [40, 22, 41, 23]]], np.float32) / 64
+  seq = codec.build(jax.random.key(0), boxes, np.array([[0, 1]]),
+                    np.zeros((1, 2, 1), np.int32))
+  out = codec.parse(seq["targets"],
+                    _one_hot_logits(seq["targets"], codec.vocab_size))
+  order = np.asarray(seq["objects"][0])
+  np.testing.assert_array_equal(np.asarray(out["boxes"][0]) * 64,
+                                boxes[0, order] * 64)
 
 
 def test_paste_all_ones_crop_fills_exactly_the_box():

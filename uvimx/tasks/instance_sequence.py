@@ -29,7 +29,7 @@ AiT uses it (SwinTransformer/AiT `insseg_head.py`):
     in an example without real objects) it is a random box: centre uniform
     in [0, 1]^2, half height and half width |N(0, 1) truncated at 2| / 4
     (Pix2Seq's and AiT's `random_bbox`). Boxes are clipped to [0, 1], their
-    ends put in order and widened to at least one bin.
+    ends put in order and widened to at least one step.
   * Noise objects' class target is the noise class, with weight
     `class_weight` (Pix2Seq's noise_bbox_weight = 1); their box and mask
     targets have weight 0: their box tokens are only inputs and their mask
@@ -56,8 +56,14 @@ objects (the mask tokens are 16 of an object's 21, so AiT's small mask
 weight keeps them from swamping the box and class losses); noise objects
 count only through their class token.
 
-Decoding (`parse`): box bins -> bin centres, (bin + 0.5) / num_bins, so that
-a box comes back within half a bin; the sampled class (-1 for noise) with its
+Box coordinates (Pix2Seq's quantisation): coordinate c in [0, 1] is token
+round(c * (num_bins - 1)), and token k decodes as k / (num_bins - 1), so a
+box comes back within half a step; with num_bins = image size + 1, boxes on
+pixel edges (the pp op's) come back exactly. (Bins of width 1 / num_bins
+decoded at their centres would shift every pixel-edge box by half a pixel:
+box AP 63 for the ground truth itself on 64x64 images.)
+
+Decoding (`parse`): box tokens -> coordinates as above; the sampled class (-1 for noise) with its
 probability under a softmax over the class slice as the score (Pix2Seq's),
 and softmax(mask_temperature * mask-slice logits) per mask position as the
 soft tokens for the detokenizer.
@@ -82,8 +88,8 @@ class InstanceSequence:
   """Instances <-> token sequences; see the module docstring.
 
   Attributes:
-    num_bins: box coordinates are quantised into this many bins over [0, 1]
-      (the image size is the fixed normaliser).
+    num_bins: box coordinates are quantised into this many levels k /
+      (num_bins - 1) over [0, 1] (the image size is the fixed normaliser).
     num_classes: thing classes 0..num_classes-1; class token num_classes is
       the noise class.
     num_codes: the mask tokenizer's codebook size.
@@ -168,8 +174,8 @@ class InstanceSequence:
     return np.tile(np.array(per_object, np.int32), (self.max_instances, 1))
 
   def _fix_boxes(self, boxes):
-    """Clip to [0, 1], order the ends, widen to at least one bin."""
-    min_size = 1.0 / self.num_bins
+    """Clip to [0, 1], order the ends, widen to at least one step."""
+    min_size = 1.0 / (self.num_bins - 1)
 
     def fix(a, b):
       lo = jnp.clip(jnp.minimum(a, b), 0.0, 1.0)
@@ -183,7 +189,7 @@ class InstanceSequence:
     return jnp.stack([y0, x0, y1, x1], axis=-1)
 
   def _to_bins(self, coords):
-    bins = jnp.floor(coords * self.num_bins).astype(jnp.int32)
+    bins = jnp.round(coords * (self.num_bins - 1)).astype(jnp.int32)
     return jnp.clip(bins, 0, self.num_bins - 1)
 
   def build(self, rng, boxes, classes, mask_codes, noise_mask_codes=None):
@@ -304,7 +310,7 @@ class InstanceSequence:
 
     Returns:
       dict with "boxes" float32 (B, max_instances, 4) normalised [ymin,
-      xmin, ymax, xmax] at bin centres, ends in order; "classes" int32
+      xmin, ymax, xmax] dequantised, ends in order; "classes" int32
       (B, max_instances), -1 where the noise class was sampled; "scores"
       float32 (B, max_instances), the sampled class's probability under a
       softmax over the class slice, 0 for noise; "mask_probs" float32
@@ -324,7 +330,7 @@ class InstanceSequence:
     logits = logits.reshape(b, n, k, logits.shape[-1])
 
     bins = jnp.clip(tokens[..., :4] - self.box_start, 0, self.num_bins - 1)
-    coords = (bins.astype(jnp.float32) + 0.5) / self.num_bins
+    coords = bins.astype(jnp.float32) / (self.num_bins - 1)
     y0 = jnp.minimum(coords[..., 0], coords[..., 2])
     y1 = jnp.maximum(coords[..., 0], coords[..., 2])
     x0 = jnp.minimum(coords[..., 1], coords[..., 3])

@@ -68,7 +68,7 @@ def _slice_probs(logits, lo, size, tau):
 
 
 @dataclasses.dataclass
-class _Sampled:
+class Sampled:
   """What the LM sampled for one task: tokens and logits (B, L[, V])."""
   tokens: jax.Array
   logits: jax.Array
@@ -318,7 +318,7 @@ class Trainer:
         first_tokens=jnp.full(images.shape[:1], index + 1),
         position_ranges=ranges, soft_tokens=soft_tokens, with_logits=True,
         **sampling)
-    return _Sampled(tokens[:, 0], logits[:, 0])
+    return Sampled(tokens[:, 0], logits[:, 0])
 
   def predict_fns(self):
     fns = {}
