@@ -95,6 +95,7 @@ class CodesTask:
     return self.tokenizer.label_spec(batch_size)
 
   def position_ranges(self):
+    """(seq_len, 2): every position draws from the code slice."""
     lo = self.offset
     return np.tile([lo, lo + self.vocab_size], (self.seq_len, 1))
 
@@ -116,6 +117,7 @@ class CodesTask:
                                    batch)
 
   def predict(self, state, sampled, batch, soft_decode, tau):
+    """The tokenizer's predictions of the sampled code (soft or hard)."""
     if soft_decode:
       probs = self._probs(sampled.logits, tau)
     else:
