@@ -91,8 +91,10 @@ _FLIP = "randu('fliplr')|det_fliplr(key='depth')|"
 # box and resized to _MASK x _MASK.
 _MAX_INSTANCES = 8
 _MASK = 64
-_MASK_PP = (f"instance_objects(max_instances={_MAX_INSTANCES}, "
-            f"mask_size={_MASK}, num_things=4)|keep('masks', 'classes')")
+_NUM_THINGS = 4  # synthetic_scenes' thing classes (class ids 0-3).
+_OBJECTS = (f"instance_objects(max_instances={_MAX_INSTANCES}, "
+            f"mask_size={_MASK}, num_things={_NUM_THINGS})|")
+_MASK_PP = _OBJECTS + "keep('masks', 'classes')"
 # Features the mask pipes never read stay encoded (smaller cache, no
 # decoding); semantics and instances are decoded by TFDS.
 _MASK_SKIP_DECODE = ("image", "depth", "normals", "boundaries",
@@ -203,29 +205,45 @@ def _mask_config(smoke):
 
 
 # The LM: UViM's synthetic stage-II size (ViT encoder and decoder of 4
-# layers, width 128, 8x8 patches) on the 64x64 images.
-_LM_PP = ("decode|decode_depth_png|"
-          f"resize({_RES})|resize({_RES}, key='depth', method='nearest')|"
-          "value_range(-1, 1)|"
-          f"instance_objects(max_instances={_MAX_INSTANCES}, "
-          f"mask_size={_MASK}, num_things=4)|")
-_LM_KEEP = {"train": ("image", "depth", "boxes", "classes", "masks"),
-            "depth": ("image", "depth"),
-            "instances": ("image", "boxes", "classes", "masks", "instances",
-                          "semantics")}
+# layers, width 128, 8x8 patches) on the 64x64 images. Per task, the pp ops
+# that make its labels, and the keys of its training and eval batches.
+_LM_IMAGE_PP = f"decode|resize({_RES})|value_range(-1, 1)|"
+_LM_TASK_PP = {
+    "depth": (f"decode_depth_png|resize({_RES}, key='depth', "
+              "method='nearest')|"),
+    "instances": _OBJECTS}
+_LM_TRAIN_KEYS = {"depth": ("depth",),
+                  "instances": ("boxes", "classes", "masks")}
+# The instance evaluator reads the maps; the objects serve the ceiling of
+# benchmarks/ait_quality.py (ground-truth sequences).
+_LM_EVAL_KEYS = {"depth": ("depth",),
+                 "instances": ("boxes", "classes", "masks", "instances",
+                               "semantics")}
 _LM_STEPS = {"depth": 1000, "instances": 1000}
+
+
+def _lm_pp(names, keys):
+  """The pp of the tasks `names`, keeping the image and their `keys`."""
+  kept = ("image",) + sum((keys[n] for n in names), ())
+  return (_LM_IMAGE_PP + "".join(_LM_TASK_PP[n] for n in names)
+          + f"keep{kept}")
+
+
+def _tokenizer(tokenizer_config):
+  """An LM task's tokenizer: the run of `tokenizer_config`, at a flag."""
+  return dict(kind="conv_vqvae", model=tokenizer_config.model,
+              task=tokenizer_config.task,
+              checkpoint=ml_collections.config_dict.placeholder(str))
 
 
 def _lm_tasks(names, smoke, aux):
   """config.tasks of the AiT LM; the tokenizers' checkpoints are flags."""
   tasks = {}
   if "depth" in names:
-    tokenizer = get_config("smoke" if smoke else "depth_tokenizer")
     tasks["depth"] = dict(
         type="codes",
-        tokenizer=dict(kind="conv_vqvae", model=tokenizer.model,
-                       task=tokenizer.task,
-                       checkpoint=ml_collections.config_dict.placeholder(str)),
+        tokenizer=_tokenizer(
+            get_config("smoke" if smoke else "depth_tokenizer")),
         # AiT's SILog auxiliary loss, weight 1 (its depth setting).
         aux_weight=1.0 if aux else 0.0, aux_tau=0.8,
         # Greedy; soft tokens into the LM and the detokenizer (tau 0.8):
@@ -233,14 +251,11 @@ def _lm_tasks(names, smoke, aux):
         sampling=dict(temperature=0.0, soft_tokens=True, soft_decode=True,
                       tau=0.8))
   if "instances" in names:
-    tokenizer = _mask_config(smoke)
     tasks["instances"] = dict(
         type="instances",
-        tokenizer=dict(kind="conv_vqvae", model=tokenizer.model,
-                       task=tokenizer.task,
-                       checkpoint=ml_collections.config_dict.placeholder(str)),
+        tokenizer=_tokenizer(_mask_config(smoke)),
         # Box coordinates at the 65 pixel edges of the 64x64 images.
-        sequence=dict(num_bins=_RES + 1, num_classes=4,
+        sequence=dict(num_bins=_RES + 1, num_classes=_NUM_THINGS,
                       max_instances=_MAX_INSTANCES, mask_weight=0.2),
         # AiT's dice + MSE auxiliary loss, weight 5.
         aux_weight=5.0 if aux else 0.0, aux_tau=1.0,
@@ -260,14 +275,13 @@ def _lm_config(variant):
            "lm_smoke": ("depth", "instances")}.get(variant, ("depth",))
   data = "synthetic_scenes/tiny" if smoke else "synthetic_scenes/64x64"
   data_dir = ml_collections.config_dict.placeholder(str)
-  pp = lambda keys: _LM_PP + f"keep{tuple(keys)}"
 
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.trainer = "ait"
   config.input = dict(
       data=dict(name=data, split="train", data_dir=data_dir),
-      pp=pp(_LM_KEEP["train"]), batch_size=8 if smoke else 32,
+      pp=_lm_pp(names, _LM_TRAIN_KEYS), batch_size=8 if smoke else 32,
       shuffle_buffer_size=48 if smoke else 10_000, cache_raw=True)
   config.tasks = _lm_tasks(names, smoke, aux=variant.endswith("_aux"))
   config.model = dict(
@@ -292,13 +306,13 @@ def _lm_config(variant):
 
   config.evals = {}
   evaluators = {"depth": dict(type="depth", min_depth=1e-3, max_depth=16.0),
-                "instances": dict(type="instances", num_things=4)}
+                "instances": dict(type="instances", num_things=_NUM_THINGS)}
   preds = {"depth": ("depth", "depth_hard"), "instances": ("instances",)}
   for name in names:
     for pred in preds[name]:
       config.evals[pred] = dict(
           **evaluators[name], pred=pred,
           data=dict(name=data, split="validation", data_dir=data_dir),
-          pp=pp(_LM_KEEP[name]), batch_size=8 if smoke else 200,
+          pp=_lm_pp((name,), _LM_EVAL_KEYS), batch_size=8 if smoke else 200,
           log_steps=0)  # Only at the end.
   return config

@@ -29,18 +29,9 @@ import ml_collections
 from uvimx import checkpoint
 from uvimx import losses
 from uvimx import tasks
+from uvimx.models import vq
 from uvimx.trainers import uvim_stage1
 from uvimx.trainers import vqvae
-
-
-def _soft_rows(probabilities, codebook):
-  """sum_k p_k c_k: (..., K) probabilities, (K, D) codebook -> (..., D).
-
-  HIGHEST precision: TPUs and GPUs would otherwise round the codebook
-  (bf16 / tf32), and one-hot probabilities would not pick rows exactly.
-  """
-  return jnp.einsum("...k,kd->...d", probabilities, codebook,
-                    precision=jax.lax.Precision.HIGHEST)
 
 
 class ConvVqvae:
@@ -147,7 +138,7 @@ class Uvim:
       return logits
     codewords = self.model.apply(variables, method=self.model.get_codewords)
     logits, _ = self.model.apply(
-        variables, _soft_rows(code, codewords), ctx=images,
+        variables, vq.soft_codewords(code, codewords), ctx=images,
         method=self.model.decode)
     return logits
 

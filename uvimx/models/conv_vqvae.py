@@ -280,8 +280,4 @@ class Model(nn.Module):
 
     With one-hot probabilities this is `decode` of their argmax.
     """
-    # HIGHEST: TPUs and GPUs would otherwise round the codebook (bf16/tf32),
-    # and one-hot probabilities would no longer pick rows exactly.
-    z = jnp.einsum("...k,kd->...d", probabilities, self.codebook(),
-                   precision=jax.lax.Precision.HIGHEST)
-    return self.decoder(z)
+    return self.decoder(vq.soft_codewords(probabilities, self.codebook()))

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uvimx.models import vit
+from uvimx.models import vq
 
 
 def shift_right(x, first_tokens=None):
@@ -194,10 +195,7 @@ class Decoder(nn.Module):
       return jnp.broadcast_to(self.ParallelToken + pos_emb,
                               tokens.shape[:2] + (self.emb_dim,))
     if jnp.issubdtype(tokens.dtype, jnp.floating):
-      # HIGHEST: one-hot probabilities must pick rows exactly, also where
-      # matmuls default to bf16 / tf32.
-      x = jnp.einsum("rqv,ve->rqe", tokens, self.EmbedTargets.embedding,
-                     precision=jax.lax.Precision.HIGHEST)
+      x = vq.soft_codewords(tokens, self.EmbedTargets.embedding)
     else:
       x = self.EmbedTargets(tokens)
     if self.zero_decoder_seq:

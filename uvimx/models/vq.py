@@ -137,6 +137,18 @@ def split_unused(dictionary, counts, key, min_count):
   return dictionary, counts
 
 
+def soft_codewords(probabilities, codebook):
+  """sum_k p_k c_k: (..., K) probabilities, (K, D) codebook -> (..., D).
+
+  AiT's soft tokens: the probability-weighted rows of a codebook (or of an
+  embedding table). HIGHEST precision: TPUs and GPUs would otherwise round
+  the rows (bf16 / tf32), and one-hot probabilities would not pick them
+  exactly.
+  """
+  return jnp.einsum("...k,kd->...d", probabilities, codebook,
+                    precision=jax.lax.Precision.HIGHEST)
+
+
 def commitment_loss(x, x_q):
   """mean((x - x_q)^2) over all elements, with gradient to `x` only.
 

@@ -63,16 +63,18 @@ pixel edges (the pp op's) come back exactly. (Bins of width 1 / num_bins
 decoded at their centres would shift every pixel-edge box by half a pixel:
 box AP 63 for the ground truth itself on 64x64 images.)
 
-Decoding (`parse`): box tokens -> coordinates as above; the sampled class (-1 for noise) with its
-probability under a softmax over the class slice as the score (Pix2Seq's),
-and softmax(mask_temperature * mask-slice logits) per mask position as the
-soft tokens for the detokenizer.
+Decoding (`parse`): box tokens -> coordinates as above; the sampled class
+(-1 for noise) with its probability under a softmax over the class slice as
+the score (Pix2Seq's); the sampled mask codes, and softmax(mask_temperature *
+mask-slice logits) per mask position as the soft tokens for the
+detokenizer.
 
-Crop geometry (fixed by the pp op that makes the crops): an SxS crop of a box
-[ymin, xmin, ymax, xmax] (normalised) of an HxW mask samples, at crop pixel
-(i, j), the mask at the continuous point y = ymin*H + (i + 0.5) * (ymax -
-ymin) * H / S (pixel k covers [k, k + 1)), likewise x: an align_corners=False
-resize of the box region. `paste_masks` inverts it.
+Crop geometry (fixed by the pp op `instance_objects` that makes the crops):
+an SxS crop of a box [ymin, xmin, ymax, xmax] (normalised) of an HxW mask is
+an align_corners=False bilinear resize of the box region alone (samples
+clamped to the box's pixels). `paste_masks` inverts it: image pixel k
+(centre k + 0.5) in the box reads the crop at (k + 0.5 - ymin*H) * S /
+((ymax - ymin) * H) - 0.5, clamped to the crop; likewise x.
 """
 import dataclasses
 
@@ -122,8 +124,10 @@ class InstanceSequence:
   jitter_std: float = 0.05
 
   def __post_init__(self):
-    for name in ("num_bins", "num_classes", "num_codes", "mask_len",
-                 "max_instances"):
+    if self.num_bins < 2:
+      raise ValueError(f"InstanceSequence.num_bins must be >= 2 (the levels "
+                       f"0 and 1 at least), got {self.num_bins}.")
+    for name in ("num_classes", "num_codes", "mask_len", "max_instances"):
       if getattr(self, name) < 1:
         raise ValueError(f"InstanceSequence.{name} must be >= 1, got "
                          f"{getattr(self, name)}.")

@@ -284,13 +284,11 @@ class Trainer:
     seq_rngs = jax.random.split(rng, len(self.names) + 1)
     sequences = {name: self.tasks[name].sequences(state[name], batch, r)
                  for name, r in zip(self.names, seq_rngs)}
-    # Each example's row of the task it trains.
-    targets = inputs = weights = 0
-    for i, name in enumerate(self.names):
-      row = rows[i][:, None]
-      targets += jnp.where(row, self._pad(sequences[name]["targets"]), 0)
-      inputs += jnp.where(row, self._pad(sequences[name]["inputs"]), 0)
-      weights += jnp.where(row, self._pad(sequences[name]["weights"]), 0.0)
+    # Each example's sequences of the task it trains.
+    targets, inputs, weights = (
+        sum(jnp.where(rows[i][:, None], self._pad(sequences[name][key]), 0)
+            for i, name in enumerate(self.names))
+        for key in ("targets", "inputs", "weights"))
     logits = self.model.apply(
         {"params": params}, batch["image"], inputs, first_tokens=task_ids + 1,
         train=True, rngs={"dropout": seq_rngs[-1]})

@@ -148,10 +148,6 @@ class Trainer:
         "classes": jax.ShapeDtypeStruct((batch_size, self.max_instances),
                                         jnp.int32)}
 
-  def _normalised(self, depth):
-    """Metres -> model units, with unmeasured pixels (<= 0) at exactly 0."""
-    return jnp.maximum(depth, 0.0) / self.max_depth
-
   @staticmethod
   def _objects(batch):
     """(B, M, S, S) masks, (B, M) classes -> (B M, S, S) masks, valid."""
@@ -159,24 +155,16 @@ class Trainer:
     return (masks.reshape(-1, *masks.shape[2:]),
             batch["classes"].reshape(-1) >= 0)
 
-  @staticmethod
-  def _from_unit(masks):
-    """Masks (N, S, S) in [0, 1] -> model units (N, S, S, 1) in [-1, 1]."""
-    return masks[..., None] * 2.0 - 1.0
-
-  @staticmethod
-  def _to_unit(reconstruction):
-    """Model units (N, S, S, 1) -> masks (N, S, S) (AiT's denorm)."""
-    return (reconstruction[..., 0] + 1.0) / 2.0
-
   def to_model_units(self, labels):
     """Task labels -> the VQ-VAE's inputs (N, H, W, 1).
 
-    Depth (N, H, W, 1) in metres, or masks (N, S, S) in [0, 1].
+    Depth (N, H, W, 1) in metres is divided by max_depth, unmeasured pixels
+    (<= 0) at exactly 0; masks (N, S, S) in [0, 1] go to [-1, 1] (AiT's
+    norm).
     """
     if self.task == "depth":
-      return self._normalised(labels)
-    return self._from_unit(labels)
+      return jnp.maximum(labels, 0.0) / self.max_depth
+    return labels[..., None] * 2.0 - 1.0
 
   def from_model_units(self, outputs):
     """The VQ-VAE's outputs (N, H, W, 1) -> depth in metres or masks (N, H, W).
@@ -185,12 +173,13 @@ class Trainer:
     """
     if self.task == "depth":
       return outputs[..., 0] * self.max_depth
-    return self._to_unit(outputs)
+    return (outputs[..., 0] + 1.0) / 2.0
 
   def _inputs(self, batch):
+    """The batch's labels in model units: its depth maps or its objects."""
     if self.task == "depth":
-      return self._normalised(batch["depth"])
-    return self._from_unit(self._objects(batch)[0])
+      return self.to_model_units(batch["depth"])
+    return self.to_model_units(self._objects(batch)[0])
 
   def init(self, rng, batch):
     return dict(self.model.init(rng, self._inputs(batch)))
@@ -200,7 +189,7 @@ class Trainer:
     variables = {"params": params, "state": state}
     if self.task == "instance_masks":
       return self._mask_loss(variables, batch, restart_rng)
-    target = self._normalised(batch["depth"])
+    target = self.to_model_units(batch["depth"])
     inputs = (mask_patches(mask_rng, target, self.mask_patch, self.mask_ratio)
               if self.mask_ratio else target)
     (reconstruction, aux), new_variables = self.model.apply(
@@ -224,7 +213,7 @@ class Trainer:
       # Valid objects first (a stable sort keeps their order), then padding.
       keep = jnp.argsort(~valid, stable=True)[:self.objects_per_batch]
       masks, valid = masks[keep], valid[keep]
-    target = self._from_unit(masks)
+    target = self.to_model_units(masks)
     (reconstruction, aux), new_variables = self.model.apply(
         variables, target, train=True, weights=valid,
         rngs={"restart": restart_rng}, mutable=["state"])
@@ -235,7 +224,7 @@ class Trainer:
     loss_commitment = common.masked_mean(jnp.mean(jnp.square(
         aux["z"] - jax.lax.stop_gradient(aux["z_q"])), axis=(1, 2, 3)), valid)
     loss = loss_rec + self.w_commitment * loss_commitment
-    iou = mask_iou(self._to_unit(reconstruction), masks, valid)
+    iou = mask_iou(self.from_model_units(reconstruction), masks, valid)
     measurements = dict(
         loss_rec=loss_rec, loss_commitment=loss_commitment,
         mask_iou=common.masked_mean(iou, valid),  # Per object, batch-wide.
@@ -251,16 +240,15 @@ class Trainer:
     if self.task == "depth":
       def reconstruct(variables, batch):
         """{"depth": (B, H, W) metres}, the label decoded from its own code."""
-        reconstruction, _ = self.model.apply(
-            variables, self._normalised(batch["depth"]))
-        return {"depth": reconstruction[..., 0] * self.max_depth}
+        reconstruction, _ = self.model.apply(variables, self._inputs(batch))
+        return {"depth": self.from_model_units(reconstruction)}
 
       return {"reconstruct": reconstruct}
 
     def reconstruct_masks(variables, batch):
       """{"masks": (B, M, S, S)} in [0, 1] (clipped), decoded from its code."""
       reconstruction, _ = self.model.apply(variables, self._inputs(batch))
-      masks = jnp.clip(self._to_unit(reconstruction), 0.0, 1.0)
+      masks = jnp.clip(self.from_model_units(reconstruction), 0.0, 1.0)
       return {"masks": masks.reshape(batch["masks"].shape)}
 
     def iou(variables, batch):
