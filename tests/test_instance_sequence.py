@@ -238,10 +238,14 @@ def test_parse_scores_and_mask_probs_by_hand():
   logits[0, 4, 5:8] = [0.0, 1.0, 2.0]
   logits[0, 4, 0] = 50.0  # Outside the class slice: ignored.
   logits[0, 5, 8:11] = [1.0, 2.0, 0.0]
+  logits[0, 11, 8:11] = [0.0, 0.0, 3.0]  # Object 1 sampled code 0, not 2.
   out = _jit_parse(codec)(tokens, logits, mask_temperature=2.0)
   e = np.exp([0.0, 1.0, 2.0])
   np.testing.assert_allclose(out["scores"], [[e[1] / e.sum(), 0.0]], rtol=1e-6)
   np.testing.assert_array_equal(out["classes"], [[1, -1]])
+  # The sampled mask codes (tokens 9 and 8 of the codes 8..10), not the
+  # argmax of their logits.
+  np.testing.assert_array_equal(out["mask_codes"], [[[1], [0]]])
   m = np.exp([2.0, 4.0, 0.0])
   np.testing.assert_allclose(out["mask_probs"][0, 0, 0], m / m.sum(),
                              rtol=1e-6)

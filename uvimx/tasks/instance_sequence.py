@@ -317,8 +317,9 @@ class InstanceSequence:
       xmin, ymax, xmax] dequantised, ends in order; "classes" int32
       (B, max_instances), -1 where the noise class was sampled; "scores"
       float32 (B, max_instances), the sampled class's probability under a
-      softmax over the class slice, 0 for noise; "mask_probs" float32
-      (B, max_instances, mask_len, num_codes).
+      softmax over the class slice, 0 for noise; "mask_codes" int32
+      (B, max_instances, mask_len), the sampled mask codes; "mask_probs"
+      float32 (B, max_instances, mask_len, num_codes).
     """
     tokens = jnp.asarray(tokens)
     b = tokens.shape[0]
@@ -353,6 +354,8 @@ class InstanceSequence:
     return {"boxes": boxes,
             "classes": jnp.where(is_noise, -1, cls).astype(jnp.int32),
             "scores": jnp.where(is_noise, 0.0, score),
+            "mask_codes": jnp.clip(tokens[..., 5:] - self.mask_start, 0,
+                                   self.num_codes - 1).astype(jnp.int32),
             "mask_probs": jax.nn.softmax(mask_temperature * mask_logits,
                                          axis=-1)}
 

@@ -200,9 +200,8 @@ class InstancesTask:
     b, m = parsed["classes"].shape
     if soft_decode:
       probs = parsed["mask_probs"]
-    else:
-      probs = jax.nn.one_hot(jnp.argmax(parsed["mask_probs"], -1),
-                             self.tokenizer.num_codes)
+    else:  # The sampled codes, as CodesTask decodes its sampled tokens.
+      probs = jax.nn.one_hot(parsed["mask_codes"], self.tokenizer.num_codes)
     crops = self.tokenizer.decode_labels(
         state, probs.reshape(b * m, *probs.shape[2:]))
     crops = jnp.clip(crops, 0, 1).reshape(b, m, *crops.shape[1:])
