@@ -7,6 +7,8 @@ XLA's cost analysis of the compiled step), next to the FLOP/s of a plain large
 float32 matmul measured in the same process, so their ratio, the model FLOP
 utilisation on this machine, is visible. The batch comes from the trainer's
 `input_spec`: random values, the shapes and dtypes of real training batches.
+With `config.grad_accum_steps` > 1 the FLOPs are those of the same update
+computed on the whole batch at once.
 """
 import time
 
@@ -63,6 +65,12 @@ def train_step_speed(config, steps):
   compiled = step_fn.lower(state, batch, 1).compile()
   compile_seconds = time.perf_counter() - start
   flops = compiled.cost_analysis()["flops"]
+  if setup.grad_accum_steps > 1:
+    # XLA counts a loop body once, not once per micro-batch: count the FLOPs
+    # of the same update on the whole batch at once.
+    flops = train_state.jit_train_step(
+        trainer, setup._replace(grad_accum_steps=1), mesh).lower(
+            state, batch, 1).compile().cost_analysis()["flops"]
 
   def one_step():
     nonlocal state

@@ -192,3 +192,37 @@ def test_zero_log_steps_logs_only_the_last_step(tfds_data_dir, tmp_path):
                         evals={})
   train.train_and_evaluate(config, str(tmp_path))
   assert list(scalars(str(tmp_path), "train/loss")) == [3]
+
+
+def test_grad_accumulation_matches_the_whole_batch(smoke_batch):
+  """Micro-batches (config.grad_accum_steps) give the whole batch's step."""
+  config, batch = smoke_batch
+  one = sharding.make_mesh([("data", 1)], devices=jax.devices()[:1])
+  reference, reference_losses = _two_steps(config, batch, one)
+  config = config.copy_and_resolve_references()
+  config.grad_accum_steps = 4  # Micro-batches of 2, one per device.
+  config.mesh = [("data", 2)]
+  state, losses = _two_steps(config, batch, sharding.make_mesh(
+      config.mesh, devices=jax.devices()[:2]))
+  np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                 atol=1e-6),
+               jax.device_get(state["params"]),
+               jax.device_get(reference["params"]))
+
+
+def test_grad_accumulation_errors(smoke_batch):
+  config, batch = smoke_batch
+  one = sharding.make_mesh([("data", 1)], devices=jax.devices()[:1])
+  config = config.copy_and_resolve_references()
+  config.grad_accum_steps = 3
+  with pytest.raises(ValueError, match="divide config.input.batch_size=8"):
+    train_state.setup_train_state(config, trainers.get_trainer(config), one,
+                                  batch, total_steps=10)
+  from configs import uvim_synthetic  # pylint: disable=g-import-not-at-top
+  config = uvim_synthetic.get_config("smoke_stage1")
+  config.grad_accum_steps = 2
+  trainer = trainers.get_trainer(config)
+  with pytest.raises(ValueError, match="has model state"):
+    train_state.setup_train_state(config, trainer, one, trainer.input_spec(1),
+                                  total_steps=10)
