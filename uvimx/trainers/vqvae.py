@@ -177,9 +177,8 @@ class Trainer:
 
   def _inputs(self, batch):
     """The batch's labels in model units: its depth maps or its objects."""
-    if self.task == "depth":
-      return self.to_model_units(batch["depth"])
-    return self.to_model_units(self._objects(batch)[0])
+    return self.to_model_units(batch["depth"] if self.task == "depth"
+                               else self._objects(batch)[0])
 
   def init(self, rng, batch):
     return dict(self.model.init(rng, self._inputs(batch)))
