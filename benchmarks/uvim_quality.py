@@ -24,9 +24,12 @@ _VARIANTS = {
     "panoptic_base_only": None,
     "panoptic_stage2": "panoptic_stage1",
     "panoptic_stage2_nonar": "panoptic_stage1",
+    "panoptic_stage2_from_base": "panoptic_stage1",
+    "panoptic_stage2_nonar_from_base": "panoptic_stage1",
     "depth_stage1": None,
     "depth_base_only": None,
     "depth_stage2": "depth_stage1",
+    "depth_stage2_from_base": "depth_stage1",
     "colorization_stage1": None,
     "colorization_stage2": "colorization_stage1",
 }
@@ -44,6 +47,8 @@ _DESCRIPTIONS = {
     "base_only": "base model alone (zero code)",
     "stage2": "UViM: LM's code (T=0) + base model",
     "stage2_nonar": "UViM, non-autoregressive LM",
+    "stage2_from_base": "UViM, LM encoder started as the base model",
+    "stage2_nonar_from_base": "UViM, non-autoregressive, so started",
 }
 
 

@@ -10,6 +10,10 @@ Variants, `{task}_{what}` with task panoptic, depth or colorization:
                     --config.oracle.checkpoint=STAGE1_WORKDIR/checkpoints/N.
   panoptic_stage2_nonar  the LM without autoregression (all code positions
                     in one pass), the paper's "no Autoreg." ablation.
+  {task}_stage2_from_base  the LM with its encoder started as the stage-I
+                    base model (an in-domain pre-trained ViT; UViM starts it
+                    from ImageNet-21k), learning 10x slower.
+  panoptic_stage2_nonar_from_base  the non-autoregressive LM, so started.
   smoke_stage1, smoke_stage2  panoptic, tiny models, a few steps on
                     synthetic_scenes/tiny (seconds; used by the tests).
 
@@ -124,7 +128,7 @@ def _stage1(task, smoke, base_only=False):
   return config
 
 
-def _stage2(task, smoke, autoregressive=True):
+def _stage2(task, smoke, autoregressive=True, encoder_from_base_model=False):
   config = _common(task, smoke)
   config.trainer = "uvim_stage2"
   oracle = _stage1_model(smoke)
@@ -140,6 +144,14 @@ def _stage2(task, smoke, autoregressive=True):
       posemb_type="learn", autoregressive=autoregressive)
   config.total_steps = 6 if smoke else _STEPS[task]
   config.lr = 1e-3
+  # The LM's encoder can start as the stage-I base model (its ViT over the
+  # image; see uvimx/trainers/uvim_stage2.py), in place of UViM's ImageNet
+  # ViT, and then learns 10x slower as UViM's pre-trained encoder.
+  config.encoder_from_base_model = encoder_from_base_model
+  if encoder_from_base_model:
+    config.lr_mults = [("pos_embedding_encoder.*", 0.1),
+                       ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
+                       ("decoder.*", 1.0)]
   # Greedy decoding (temperature 0) for the metrics, as UViM reports them.
   config.sampling = dict(temperature=0.0)
   if task == "colorization":
@@ -165,10 +177,14 @@ def get_config(arg="panoptic_stage1"):
       "base_only": lambda: _stage1(task, smoke, base_only=True),
       "stage2": lambda: _stage2(task, smoke),
       "stage2_nonar": lambda: _stage2(task, smoke, autoregressive=False),
+      "stage2_from_base": lambda: _stage2(task, smoke,
+                                          encoder_from_base_model=True),
+      "stage2_nonar_from_base": lambda: _stage2(
+          task, smoke, autoregressive=False, encoder_from_base_model=True),
   }
   if task not in _TASKS or what not in builders:
     raise ValueError(
         f"Unknown variant {arg!r}: use {{panoptic, depth, colorization}}_"
-        "{stage1, base_only, stage2}, panoptic_stage2_nonar, smoke_stage1 or "
-        "smoke_stage2.")
+        "{stage1, base_only, stage2, stage2_from_base}, "
+        "panoptic_stage2_nonar[_from_base], smoke_stage1 or smoke_stage2.")
   return builders[what]()

@@ -227,3 +227,41 @@ def test_encoder_init_fixes_old_vit_checkpoints_and_resamples(tmp_path):
   for name, value in traverse_util.flatten_dict(params, sep="/").items():
     if name.startswith("decoder/"):
       np.testing.assert_array_equal(flat[name], value)
+
+
+def test_encoder_from_base_model_computes_its_zero_code_features():
+  """The LM's encoder, initialised from a random stage-I base model (random
+  biases, so the zero code's tokens are not zero), computes the base model's
+  decoder features for an all-zero code on any image."""
+  config = uvim_synthetic.get_config("smoke_stage2")
+  config.encoder_from_base_model = True
+  trainer = trainers.get_trainer(config)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32),
+           "labels": np.zeros((2, 64, 64, 2), np.int32)}
+  variables = trainer.init(jax.random.key(0), batch)
+  # jax arrays, as a loaded checkpoint's.
+  randomize = lambda tree: jax.tree.map(
+      lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.1, jnp.float32), tree)
+  stage1 = {"params": randomize(variables["state"]["oracle"]["params"]),
+            "state": variables["state"]["oracle"]["state"]}
+  params = uvim_stage2.base_model_as_encoder(
+      trainer.oracle.model, stage1, randomize(variables["params"]))
+
+  model = trainer.oracle.model
+  zero_code = jnp.zeros((2, model.code_len, model.codeword_dim))
+  _, inter = model.apply(
+      stage1, zero_code, ctx=batch["image"], method=model.decode,
+      capture_intermediates=lambda module, _: module.name == "decoder",
+      mutable=["intermediates"])
+  expected = inter["intermediates"]["decoder"]["__call__"][0]
+  encoded = trainer.model.apply({"params": params}, batch["image"],
+                                method=trainer.model.encode)
+  np.testing.assert_allclose(encoded, expected, atol=1e-5)
+  assert float(jnp.std(encoded)) > 0.1  # Not trivially equal.
+  # The train step donates params and state: they must not share buffers.
+  jax.jit(lambda *trees: trees, donate_argnums=(0, 1))(params, stage1)
+
+  config.encoder_init = "vit.npz"
+  with pytest.raises(ValueError, match="not both"):
+    trainers.get_trainer(config)

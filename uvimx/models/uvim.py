@@ -266,17 +266,32 @@ class Model(nn.Module):
                                self.code_dropout)
       x = x * mask[:, :, None]
 
-    x = self.decoder_stem(x)
-    if self.bottleneck_resize:
-      x = _resize_tokens(x, self.code_grid, self.grid)
-    else:
-      x = jnp.einsum("bnc,nt->btc", x, self.bottleneck_upsample)
+    x = self.code_tokens(x)
     if self.with_decoder_ctx:
       x = x + self._ctx_tokens(self.ctx_dec, ctx, "with_decoder_ctx")
     x = self.decoder(x + self.pos_embedding_decoder)
 
     logits = {k: self.heads[k](x) for k in self.outputs}
     return logits, {"logits": logits}
+
+  def code_tokens(self, x):
+    """Code vectors (B, code_len, codeword_dim) -> (B, num_patches, width).
+
+    The decoder's tokens from the code, to which it adds the image's patch
+    embeddings (`with_decoder_ctx`) and the position embeddings.
+    """
+    x = self.decoder_stem(x)
+    if self.bottleneck_resize:
+      return _resize_tokens(x, self.code_grid, self.grid)
+    return jnp.einsum("bnc,nt->btc", x, self.bottleneck_upsample)
+
+  def zero_code_tokens(self):
+    """(1, num_patches, width): all the decoder adds to the image's tokens
+    when the whole code is zero (dropped by code dropout, or
+    `zero_decoder_seq`): the code tokens of zero vectors plus the position
+    embeddings."""
+    zeros = jnp.zeros((1, self.code_len, self.codeword_dim))
+    return self.code_tokens(zeros) + self.pos_embedding_decoder
 
   def __call__(self, x, *, ctx=None, train=False, update_dict=True):
     """encode, then decode the (straight-through) quantised bottleneck."""

@@ -17,6 +17,11 @@ into the task's prediction. The config:
                               "sample_diversity" fn; default temperature 1.0
   config.encoder_init = optional big_vision ViT .npz for the LM's encoder (older
                         layouts fixed, position embeddings resampled)
+  config.encoder_from_base_model = True: instead, start the LM's encoder as
+                        the stage-I base model (its image stem and decoder
+                        ViT, which must have the LM encoder's shapes): an
+                        in-domain pre-trained encoder where no ImageNet ViT
+                        is at hand
 
 The frozen model lives in the model state ("state"/"oracle"), so a stage-II
 checkpoint holds everything its predictions need. Code tokens are stage-I
@@ -36,6 +41,11 @@ from uvimx.models import vit
 # big_vision ViT checkpoint names -> the LM's encoder names.
 _VIT_TO_LM = (("Transformer/", "encoder/"), ("embedding/", "EmbedPatches/"),
               ("pos_embedding", "pos_embedding_encoder"))
+# Stage-I base model names -> the LM's encoder names. With a zero code the
+# base model is a ViT over the image: patch stem, position embeddings, blocks.
+_BASE_MODEL_TO_LM = (("decoder/", "encoder/"),
+                     ("ctx_dec_embedding/", "EmbedPatches/"),
+                     ("pos_embedding_decoder", "pos_embedding_encoder"))
 
 
 def image_seeds(images):
@@ -57,6 +67,9 @@ class Trainer:
         ml_collections.ConfigDict({**config.oracle, "task": config.task}),
         checkpoint_field="config.oracle.checkpoint")
     self.model = lm.Model(**config.model)
+    if config.get("encoder_init") and config.get("encoder_from_base_model"):
+      raise ValueError("Set config.encoder_init or "
+                       "config.encoder_from_base_model, not both.")
     expected = {"seq_len": self.oracle.code_len,
                 "vocab_size": self.oracle.num_codes + 1}
     for key, value in expected.items():
@@ -88,6 +101,8 @@ class Trainer:
     params = variables["params"]
     if self.config.get("encoder_init"):
       params = load_vit_encoder(self.config.encoder_init, params)
+    if self.config.get("encoder_from_base_model"):
+      params = base_model_as_encoder(self.oracle.model, oracle, params)
     return {"params": params, "state": {"oracle": oracle}}
 
   def _codes(self, state, batch):
@@ -175,19 +190,23 @@ def token_scores(logits, tokens):
   return nll, jnp.argmax(logits, axis=-1) == tokens
 
 
-def load_vit_encoder(path, params):
-  """The LM params with the encoder taken from a big_vision ViT .npz.
+def _with_encoder(source, renames, params, what):
+  """The LM params with the encoder taken from `source` params.
 
-  The file may be a big_vision training checkpoint ("params/..." keys) or a
-  bare ViT (as the "How to train your ViT" .npz files), of older layouts
-  too (`vit.fix_old_checkpoint`); position embeddings of another grid size
-  are resampled to the LM's (`vit.resample_posemb`).
+  Args:
+    source: nested params holding an image ViT.
+    renames: (source prefix, LM prefix) pairs.
+    params: the LM's params.
+    what: names the source in errors.
+
+  Returns:
+    `params` with every encoder leaf (`EmbedPatches`, `encoder`,
+    `pos_embedding_encoder`) replaced; learned position embeddings of
+    another grid size are resampled to the LM's (`vit.resample_posemb`).
   """
-  tree = checkpoint.load_big_vision_npz(path)
-  vit_params = vit.fix_old_checkpoint(tree.get("params", tree))
   flat = {}
-  for name, value in traverse_util.flatten_dict(vit_params, sep="/").items():
-    for old, new in _VIT_TO_LM:
+  for name, value in traverse_util.flatten_dict(source, sep="/").items():
+    for old, new in renames:
       if name.startswith(old):
         flat[new + name[len(old):]] = value
   lm_flat = traverse_util.flatten_dict(params, sep="/")
@@ -201,9 +220,57 @@ def load_vit_encoder(path, params):
   wrong = sorted(k for k, v in flat.items()
                  if k in lm_flat and v.shape != lm_flat[k].shape)
   if missing or wrong:
-    raise ValueError(f"ViT checkpoint {path!r} does not fit the LM encoder: "
-                     f"missing {missing}, wrong shapes {wrong}.")
+    raise ValueError(f"{what} does not fit the LM encoder: missing {missing}, "
+                     f"wrong shapes {wrong}.")
   return traverse_util.unflatten_dict(
       {**lm_flat, **{k: v for k, v in flat.items() if k in lm_flat}},
       sep="/")
 
+
+def load_vit_encoder(path, params):
+  """The LM params with the encoder taken from a big_vision ViT .npz.
+
+  The file may be a big_vision training checkpoint ("params/..." keys) or a
+  bare ViT (as the "How to train your ViT" .npz files), of older layouts
+  too (`vit.fix_old_checkpoint`); position embeddings of another grid size
+  are resampled to the LM's (`vit.resample_posemb`).
+  """
+  tree = checkpoint.load_big_vision_npz(path)
+  vit_params = vit.fix_old_checkpoint(tree.get("params", tree))
+  return _with_encoder(vit_params, _VIT_TO_LM, params,
+                       f"ViT checkpoint {path!r}")
+
+
+def base_model_as_encoder(stage1_model, stage1_variables, params):
+  """The LM params with the encoder taken from the stage-I base model.
+
+  The base model (`uvimx/models/uvim.py`, `with_decoder_ctx`) adds the
+  image's patch embeddings (`ctx_dec_embedding`) to the code's tokens and
+  runs the decoder ViT; trained with code dropout, it also solves the task
+  from the image alone (all-zero code). Its image stem and decoder blocks
+  become the LM's `EmbedPatches` and `encoder`, and the zero code's tokens
+  plus its position embeddings the LM's learned `pos_embedding_encoder`, so
+  that the LM's encoder computes the base model's zero-code features.
+
+  Args:
+    stage1_model: the stage-I `uvimx.models.uvim.Model`.
+    stage1_variables: its variables ("params" and "state").
+    params: the LM's params.
+
+  Returns:
+    `params` with the encoder replaced.
+  """
+  if not stage1_model.with_decoder_ctx:
+    raise ValueError("config.encoder_from_base_model needs a stage-I model "
+                     "with with_decoder_ctx=True (its image stem).")
+  if "pos_embedding_encoder" not in params:
+    raise ValueError("config.encoder_from_base_model needs the LM's learned "
+                     "encoder position embeddings: set "
+                     "config.model.posemb_type='learn'.")
+  # Copies: the train step donates params and state, which may not share
+  # buffers.
+  source = jax.tree.map(jnp.array, dict(stage1_variables["params"]))
+  source["pos_embedding_decoder"] = stage1_model.apply(
+      stage1_variables, method=stage1_model.zero_code_tokens)
+  return _with_encoder(source, _BASE_MODEL_TO_LM, params,
+                       "The stage-I base model")
