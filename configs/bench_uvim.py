@@ -20,6 +20,8 @@ for completeness (train.py would read synthetic_scenes/128x128).
 """
 import ml_collections
 
+from configs import uvim_paper
+
 _RES = 128
 _PATCH = (8, 8)
 
@@ -75,9 +77,7 @@ def get_config(arg="s1"):
         vocab_size=_STAGE1_MODEL["dict_size"] + 1, posemb_type="learn")
     config.lr = 1e-3
     # As the paper's stage II: a (nominally pre-trained) encoder at 0.1x.
-    config.lr_mults = [("pos_embedding_encoder.*", 0.1),
-                       ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
-                       ("decoder.*", 1.0)]
+    config.lr_mults = list(uvim_paper.PRETRAINED_ENCODER_LR_MULTS)
   else:
     raise ValueError(f"Unknown variant {arg!r}: use 's1' or 's2'.")
   return config

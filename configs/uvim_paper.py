@@ -75,6 +75,11 @@ _LM_MODEL = dict(num_layers=24, num_heads=16, mlp_dim=4096, emb_dim=1024,
 # i + 1, as the `coco_panoptic` op numbers labels); a path relative to the
 # working directory unless overridden.
 COCO_CATEGORIES = "panoptic_coco_categories.json"
+# UViM's stage II: the pre-trained encoder learns 10x slower than the decoder
+# (config.lr_mults; first match wins). Shared by the configs with a stage II.
+PRETRAINED_ENCODER_LR_MULTS = (("pos_embedding_encoder.*", 0.1),
+                               ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
+                               ("decoder.*", 1.0))
 
 # Per task: datasets, pp, task arguments, evaluators and the per-stage
 # hyper-parameters that differ (big_vision tunes lr, wd and epochs per task).
@@ -234,10 +239,7 @@ def _stage2(task):
   config.encoder_init = ml_collections.config_dict.placeholder(str)
   config.lr = 1e-3
   config.wd = 1e-6
-  # The pre-trained encoder learns 10x slower (first match wins).
-  config.lr_mults = [("pos_embedding_encoder.*", 0.1),
-                     ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
-                     ("decoder.*", 1.0)]
+  config.lr_mults = list(PRETRAINED_ENCODER_LR_MULTS)
   # Greedy decoding for the metrics (big_vision samples at T = 1e-7).
   config.sampling = dict(temperature=0.0)
   config.evals.val = dict(

@@ -24,6 +24,8 @@ Variants, `{task}_{what}` with task panoptic, depth or colorization:
 """
 import ml_collections
 
+from configs import uvim_paper
+
 _RES = 64
 _PATCH = (8, 8)
 _NUM_CLASSES = 9  # synthetic_scenes: 4 things, then 5 stuff classes.
@@ -149,9 +151,7 @@ def _stage2(task, smoke, autoregressive=True, encoder_from_base_model=False):
   # ViT, and then learns 10x slower as UViM's pre-trained encoder.
   config.encoder_from_base_model = encoder_from_base_model
   if encoder_from_base_model:
-    config.lr_mults = [("pos_embedding_encoder.*", 0.1),
-                       ("EmbedPatches.*", 0.1), ("encoder.*", 0.1),
-                       ("decoder.*", 1.0)]
+    config.lr_mults = list(uvim_paper.PRETRAINED_ENCODER_LR_MULTS)
   # Greedy decoding (temperature 0) for the metrics, as UViM reports them.
   config.sampling = dict(temperature=0.0)
   if task == "colorization":

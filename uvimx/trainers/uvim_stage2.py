@@ -246,8 +246,8 @@ def base_model_as_encoder(stage1_model, stage1_variables, params):
 
   The base model (`uvimx/models/uvim.py`, `with_decoder_ctx`) adds the
   image's patch embeddings (`ctx_dec_embedding`) to the code's tokens and
-  runs the decoder ViT; trained with code dropout, it also solves the task
-  from the image alone (all-zero code). Its image stem and decoder blocks
+  runs the decoder ViT; code dropout trains it on images whose whole code
+  is zero, too. Its image stem and decoder blocks
   become the LM's `EmbedPatches` and `encoder`, and the zero code's tokens
   plus its position embeddings the LM's learned `pos_embedding_encoder`, so
   that the LM's encoder computes the base model's zero-code features.
