@@ -10,13 +10,24 @@ trained again, so the command can be repeated (or run in several processes on
 disjoint `--runs`) and then prints the whole table from the workdirs'
 TensorBoard logs: the validation metrics at the last step, the codebook usage
 of stage I on validation, and each run's training wall time.
+
+A second table says where panoptic stage I and the base model alone lose PQ:
+the validation thing segments by area, with the fraction that the model
+recognises (a PQ true positive: a predicted segment of its class with IoU >
+0.5) and their mean best IoU, and the class accuracy on thing pixels.
 """
 import functools
 
 from absl import app
+import jax
+import numpy as np
 
 from benchmarks import quality_runs
 from configs import uvim_synthetic
+from evaluators import panoptic as panoptic_eval
+from uvimx import checkpoint as checkpoint_lib
+from uvimx import input_pipeline
+from uvimx import trainers
 
 # Variant -> the stage-I variant whose checkpoint it needs.
 _VARIANTS = {
@@ -90,11 +101,68 @@ def _table():
           f"{_total_steps(variant)} | {seconds / 60:.1f} |")
 
 
+# Upper ends of the thing-area bins, in pixels of the 64x64 images; the median
+# thing covers about 110 pixels.
+_AREA_BINS = (50, 100, 200, 400, np.inf)
+
+
+def _thing_segments(variant):
+  """The val thing segments' areas, matches and IoUs, and the class accuracy
+  of the thing pixels, of `variant`'s last checkpoint."""
+  config = uvim_synthetic.get_config(variant)
+  trainer = trainers.get_trainer(config)
+  abstract = jax.eval_shape(trainer.init, jax.random.key(0),
+                            trainer.input_spec(1))
+  variables = checkpoint_lib.load_variables(
+      quality_runs.last_checkpoint(variant, config.total_steps), abstract)
+  val = config.evals.val
+  dataset, _ = input_pipeline.evaluation(
+      dict(val.data, data_dir=quality_runs.DATA_DIR.value), val.pp,
+      val.batch_size)
+  predict = jax.jit(trainer.predict_fns()["predict"])
+  categories = panoptic_eval.named_categories(val.categories)
+  things = np.array([i for i, c in categories.items() if c["isthing"]])
+  segments, correct, total = [], 0, 0
+  for batch in dataset.as_numpy_iterator():
+    keep = batch["_mask"]
+    preds = np.asarray(predict(variables, batch)["panoptic"])[keep]
+    for gt, pred in zip(batch["labels"][keep], preds):
+      s = panoptic_eval.ground_truth_segments(gt, pred, categories)
+      segments.append({k: v[s["isthing"]] for k, v in s.items()})
+      on_things = np.isin(gt[..., 0], things)
+      correct += np.sum(pred[..., 0][on_things] == gt[..., 0][on_things])
+      total += np.sum(on_things)
+  return ({k: np.concatenate([s[k] for s in segments]) for k in segments[0]},
+          correct / total)
+
+
+def _thing_table():
+  variants = [v for v in ("panoptic_stage1", "panoptic_base_only")
+              if quality_runs.finished(v, _total_steps(v))]
+  if not variants:
+    return
+  bins = list(zip((0,) + _AREA_BINS[:-1], _AREA_BINS))
+  print("\n| thing segments (val) | " + " | ".join(
+      f"area {lo}-{hi}" if np.isfinite(hi) else f"area >= {lo}"
+      for lo, hi in bins) + " | class accuracy, thing pixels |")
+  print("|---" * (len(bins) + 2) + "|")
+  for variant in variants:
+    segments, class_accuracy = _thing_segments(variant)
+    cells = []
+    for lo, hi in bins:
+      inside = (segments["area"] >= lo) & (segments["area"] < hi)
+      cells.append(f"{inside.sum()}: {segments['matched'][inside].mean():.0%}"
+                   f" (IoU {segments['iou'][inside].mean():.2f})")
+    print(f"| `{variant}` | " + " | ".join(cells) +
+          f" | {class_accuracy:.0%} |")
+
+
 def main(argv):
   del argv
   for variant in quality_runs.selected(_VARIANTS):
     _train(variant)
   _table()
+  _thing_table()
 
 
 if __name__ == "__main__":

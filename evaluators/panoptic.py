@@ -109,23 +109,14 @@ def _segments(panoptic, ids, isthing):
           keys[has_void:] // span - 1)
 
 
-def pq_stats(gt, pred, categories, crowd=None):
-  """Per-class IoU sum, TP, FP and FN of one image.
-
-  Args:
-    gt: int (H, W, 2) ground truth, (semantic id, instance id) per pixel.
-    pred: int (H, W, 2) prediction of the same size.
-    categories: {semantic id (> 0): {"isthing": bool or 0/1, ...}}; other
-      semantic ids are void.
-    crowd: optional bool (H, W): the pixels of ground-truth crowd regions
-      (COCO's iscrowd=1 segments), each region a whole gt segment. If an
-      image has several crowd segments of one class, panopticapi ignores FPs
-      by their overlap with only one of them (the last listed); here with
-      all of them.
+def _match(gt, pred, categories, crowd):
+  """The segments of both maps and which match: the core of `pq_stats`.
 
   Returns:
-    float64 (K, 4), K = len(categories) in increasing id order; the columns
-    are `IOU` (sum over TPs), `TP`, `FP` and `FN`.
+    A dict of numpy arrays: "ids", "isthing" (of `_check_categories`);
+    per ground-truth segment "gt_cls" (class index), "gt_area" and
+    "is_crowd"; per predicted segment "pred_cls" and "ignored" (not an FP
+    however unmatched); "iou" and "match" (num_gt, num_pred).
   """
   gt, pred = np.asarray(gt), np.asarray(pred)
   if gt.shape != pred.shape or gt.ndim != 3 or gt.shape[-1] != 2:
@@ -165,18 +156,68 @@ def pq_stats(gt, pred, categories, crowd=None):
 
   same_class = gt_cls[:, None] == pred_cls[None, :]
   union = gt_area[:, None] + pred_area[None, :] - overlap - pred_void[None]
-  iou = overlap / np.maximum(union, 1)
-  match = same_class & ~is_crowd[:, None] & (iou > 0.5)
+  iou = overlap / np.maximum(union, 1) * same_class
+  match = ~is_crowd[:, None] & (iou > 0.5)
   # Predictions mostly on void or on crowd regions of their class are no FP.
   crowd_overlap = (overlap * (same_class & is_crowd[:, None])).sum(axis=0)
   ignored = (pred_void + crowd_overlap) / pred_area > 0.5
+  return dict(ids=ids, isthing=isthing, gt_cls=gt_cls, gt_area=gt_area,
+              is_crowd=is_crowd, pred_cls=pred_cls, ignored=ignored, iou=iou,
+              match=match)
 
-  stats = np.zeros((len(ids), 4))
-  np.add.at(stats[:, IOU], gt_cls, (iou * match).sum(axis=1))
-  np.add.at(stats[:, TP], gt_cls, match.sum(axis=1))
-  np.add.at(stats[:, FN], gt_cls, (~match.any(axis=1) & ~is_crowd) * 1.0)
-  np.add.at(stats[:, FP], pred_cls, (~match.any(axis=0) & ~ignored) * 1.0)
+
+def pq_stats(gt, pred, categories, crowd=None):
+  """Per-class IoU sum, TP, FP and FN of one image.
+
+  Args:
+    gt: int (H, W, 2) ground truth, (semantic id, instance id) per pixel.
+    pred: int (H, W, 2) prediction of the same size.
+    categories: {semantic id (> 0): {"isthing": bool or 0/1, ...}}; other
+      semantic ids are void.
+    crowd: optional bool (H, W): the pixels of ground-truth crowd regions
+      (COCO's iscrowd=1 segments), each region a whole gt segment. If an
+      image has several crowd segments of one class, panopticapi ignores FPs
+      by their overlap with only one of them (the last listed); here with
+      all of them.
+
+  Returns:
+    float64 (K, 4), K = len(categories) in increasing id order; the columns
+    are `IOU` (sum over TPs), `TP`, `FP` and `FN`.
+  """
+  m = _match(gt, pred, categories, crowd)
+  match = m["match"]
+  stats = np.zeros((len(m["ids"]), 4))
+  np.add.at(stats[:, IOU], m["gt_cls"], (m["iou"] * match).sum(axis=1))
+  np.add.at(stats[:, TP], m["gt_cls"], match.sum(axis=1))
+  np.add.at(stats[:, FN], m["gt_cls"],
+            (~match.any(axis=1) & ~m["is_crowd"]) * 1.0)
+  np.add.at(stats[:, FP], m["pred_cls"],
+            (~match.any(axis=0) & ~m["ignored"]) * 1.0)
   return stats
+
+
+def ground_truth_segments(gt, pred, categories):
+  """Per ground-truth segment of one image: how the prediction got it.
+
+  For error analysis (e.g. which thing sizes a model misses): PQ's matching
+  rules, segment by segment.
+
+  Args:
+    gt: int (H, W, 2) ground truth, as `pq_stats` takes it.
+    pred: int (H, W, 2) prediction.
+    categories: as `pq_stats` takes them.
+
+  Returns:
+    A dict of (S,) arrays over the S ground-truth segments: "class_id" (the
+    semantic id), "isthing", "area" (pixels), "iou" (the largest IoU with a
+    predicted segment of its class, 0 if none) and "matched" (that IoU is
+    above 0.5: a true positive of PQ).
+  """
+  m = _match(gt, pred, categories, None)
+  best = m["iou"].max(axis=1, initial=0.0)
+  return {"class_id": m["ids"][m["gt_cls"]],
+          "isthing": m["isthing"][m["gt_cls"]], "area": m["gt_area"],
+          "iou": best, "matched": best > 0.5}
 
 
 def pq_metrics(stats, categories):

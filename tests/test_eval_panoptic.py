@@ -75,6 +75,27 @@ def test_iou_of_exactly_one_half_is_no_match():
                               "s": (0, 0, 1, 0)}
 
 
+def test_ground_truth_segments():
+  gt = _pan([[A, A, A, A], [A, A, B, B], [S, S, S, S]],
+            [[1, 1, 1, 1], [1, 1, 2, 2], [0, 0, 0, 0]])
+  pred = _pan([[A, A, A, 0], [A, A, A, B], [S, S, T, T]],
+              [[1, 1, 1, 0], [1, 1, 1, 2], [0, 0, 0, 0]])
+  got = panoptic.ground_truth_segments(gt, pred, CATS)
+  # a: 5 shared pixels of 6 + 6, IoU 5/7; b: 1 of 2 + 1, 1/2; s: 2 of 4 + 2,
+  # 1/2. Only a is a PQ true positive.
+  np.testing.assert_array_equal(got["class_id"], [A, B, S])
+  np.testing.assert_array_equal(got["isthing"], [True, True, False])
+  np.testing.assert_array_equal(got["area"], [6, 2, 4])
+  np.testing.assert_allclose(got["iou"], [5 / 7, 1 / 2, 1 / 2])
+  np.testing.assert_array_equal(got["matched"], [True, False, False])
+  assert _stats(gt, pred)["a"] == (pytest.approx(5 / 7), 1, 0, 0)
+  # A predicted segment of another class counts for nothing.
+  wrong_class = _pan([[B] * 4, [B] * 4, [T] * 4], [[1] * 4, [1] * 4, [0] * 4])
+  got = panoptic.ground_truth_segments(gt, wrong_class, CATS)
+  np.testing.assert_array_equal(got["iou"], [0, 2 / 8, 0])
+  assert not got["matched"].any()
+
+
 def test_void_handling():
   # The prediction covers the gt segment and as many void pixels: the union
   # leaves out the predicted void pixels, so IoU = 2 / (2 + 4 - 2 - 2) = 1
