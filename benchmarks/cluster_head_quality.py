@@ -25,10 +25,7 @@ from PIL import ImageDraw
 
 from benchmarks import quality_runs
 from configs import polymax_synthetic
-from uvimx import checkpoint as checkpoint_lib
-from uvimx import input_pipeline
 from uvimx import predict
-from uvimx import trainers
 from uvimx.datasets.synthetic_scenes import visualize
 
 _FIGURE_EXAMPLE = flags.DEFINE_integer(
@@ -84,18 +81,11 @@ def _table():
 def _cluster_maps(variant, index):
   """The example's image, label and `cluster_maps` outputs, as numpy."""
   config = _config(variant)
-  trainer = trainers.get_trainer(config)
-  abstract = jax.eval_shape(trainer.init, jax.random.key(0),
-                            trainer.input_spec(1))
-  path = quality_runs.last_checkpoint(variant, config.total_steps)
-  params = checkpoint_lib.load_variables(
-      path, {"params": abstract["params"]})["params"]
-  val = config.evals.val
-  ds, _ = input_pipeline.evaluation(val.data, val.pp, batch_size=1,
-                                    process_index=0, process_count=1)
+  trainer, variables = quality_runs.trained_model(config, variant)
+  ds = quality_runs.validation(config, batch_size=1)
   example = next(iter(ds.skip(index).take(1).as_numpy_iterator()))
   out = jax.jit(trainer.predict_fns()["cluster_maps"])(
-      {"params": params}, {"image": example["image"]})
+      variables, {"image": example["image"]})
   return example, jax.tree.map(lambda x: np.asarray(x)[0], out)
 
 

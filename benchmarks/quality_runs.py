@@ -13,7 +13,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import flags
+import jax
 import tensorflow as tf
+
+from uvimx import checkpoint as checkpoint_lib
+from uvimx import input_pipeline
+from uvimx import trainers
 
 WORKDIR = flags.DEFINE_string("workdir", None, "One subdirectory per run.",
                               required=True)
@@ -83,3 +88,21 @@ def scalars(variant, step):
         if event.step == step:
           values[value.tag] = float(tf.make_ndarray(value.tensor))
   return values, (max(times) - min(times) if times else float("nan"))
+
+
+def trained_model(config, variant):
+  """`config`'s trainer and the variables of `variant`'s last checkpoint."""
+  trainer = trainers.get_trainer(config)
+  abstract = jax.eval_shape(trainer.init, jax.random.key(0),
+                            trainer.input_spec(1))
+  variables = checkpoint_lib.load_variables(
+      last_checkpoint(variant, config.total_steps), abstract)
+  return trainer, variables
+
+
+def validation(config, batch_size):
+  """`config`'s val split with its eval pp, read from --data_dir."""
+  val = config.evals.val
+  dataset, _ = input_pipeline.evaluation(
+      dict(val.data, data_dir=DATA_DIR.value), val.pp, batch_size)
+  return dataset

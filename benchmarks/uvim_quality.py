@@ -25,9 +25,6 @@ import numpy as np
 from benchmarks import quality_runs
 from configs import uvim_synthetic
 from evaluators import panoptic as panoptic_eval
-from uvimx import checkpoint as checkpoint_lib
-from uvimx import input_pipeline
-from uvimx import trainers
 
 # Variant -> the stage-I variant whose checkpoint it needs.
 _VARIANTS = {
@@ -110,15 +107,9 @@ def _thing_segments(variant):
   """The val thing segments' areas, matches and IoUs, and the class accuracy
   of the thing pixels, of `variant`'s last checkpoint."""
   config = uvim_synthetic.get_config(variant)
-  trainer = trainers.get_trainer(config)
-  abstract = jax.eval_shape(trainer.init, jax.random.key(0),
-                            trainer.input_spec(1))
-  variables = checkpoint_lib.load_variables(
-      quality_runs.last_checkpoint(variant, config.total_steps), abstract)
+  trainer, variables = quality_runs.trained_model(config, variant)
   val = config.evals.val
-  dataset, _ = input_pipeline.evaluation(
-      dict(val.data, data_dir=quality_runs.DATA_DIR.value), val.pp,
-      val.batch_size)
+  dataset = quality_runs.validation(config, val.batch_size)
   predict = jax.jit(trainer.predict_fns()["predict"])
   categories = panoptic_eval.named_categories(val.categories)
   things = np.array([i for i, c in categories.items() if c["isthing"]])

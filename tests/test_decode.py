@@ -50,6 +50,20 @@ def test_cached_greedy_equals_uncached_argmax():
   assert len(np.unique(codes)) > 2
 
 
+@pytest.mark.parametrize("batch", [1, B])
+def test_cached_loop_updates_the_cache_in_place(batch):
+  """The compiled decoding loop copies no array at its steps. (A KV cache
+  laid out (R, H, L, D) made XLA:CPU copy each buffer 4 times a step at
+  R = 1.)"""
+  model, params, _ = test_lm.random_lm()
+  hlo = jax.jit(decode.make_sample_fn(model)).lower(
+      params, test_lm._images()[:batch], jnp.arange(batch)).compile().as_text()
+  (body,) = re.findall(r"\swhile\(.*?body=%?([\w.\-]+)", hlo)
+  loop = re.search(rf"\n%?{re.escape(body)} .*?\n}}\n", hlo, re.S).group(0)
+  assert "dynamic-update-slice" in loop  # The cache update, in this body.
+  assert not re.findall(r"= f32\[[\d,]*\]\S* copy\(", loop)
+
+
 def test_tightest_filters_equal_greedy():
   """top_k=1, and top_p below the top probability, draw the argmax."""
   rng = np.random.default_rng(0)

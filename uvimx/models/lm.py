@@ -79,14 +79,22 @@ class Attention(nn.Module):
             jnp.swapaxes(self.value(x), 1, 2))
 
   def __call__(self, x, k, v, mask=None, deterministic=True):
-    """Attends from x (B, Q, E) to k, v; mask (Q, K) True where allowed."""
+    """Attends from x (B, Q, E) to k, v; mask (Q, K) True where allowed.
+
+    k and v are (B, H, K, D), or (B * H, K, D) with the heads folded into the
+    batch: the layout of the decoding cache (see `EncoderDecoderBlock`).
+    """
     q = jnp.swapaxes(self.query(x), 1, 2)
     q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-    w = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+    b, h, length, d = q.shape
+    if k.ndim == 3:
+      q = q.reshape(b * h, length, d)
+    w = jnp.einsum("...qd,...kd->...qk", q, k)
     if mask is not None:
       w = jnp.where(mask, w, jnp.finfo(w.dtype).min)
     w = self.dropout(jax.nn.softmax(w), deterministic=deterministic)
-    return self.out(jnp.einsum("bhqk,bhkd->bqhd", w, v))
+    out = jnp.einsum("...qk,...kd->...qd", w, v).reshape(b, h, length, d)
+    return self.out(jnp.swapaxes(out, 1, 2))
 
 
 class EncoderDecoderBlock(nn.Module):
@@ -117,9 +125,9 @@ class EncoderDecoderBlock(nn.Module):
     Args:
       x: token activations.
       cross_kv: `cross_kv(encoded)` of the B = R / N images.
-      self_kv: None, or the (R, H, L, D) key and value cache, into which this
-        call writes x's keys and values at `index`; attention then spans the
-        whole cache (the mask hides slots not yet written).
+      self_kv: None, or the (R * H, L, D) key and value cache, into which
+        this call writes x's keys and values at `index`; attention then spans
+        the whole cache (the mask hides slots not yet written).
       index: position of x's first token.
       mask: (Q, K) self-attention mask, or None.
       deterministic: no dropout.
@@ -131,8 +139,14 @@ class EncoderDecoderBlock(nn.Module):
     y = self.LayerNorm1(x)
     k, v = self.SelfAttn.kv(y)
     if self_kv is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(self_kv[0], k, index, axis=2)
-      v = jax.lax.dynamic_update_slice_in_dim(self_kv[1], v, index, axis=2)
+      # The cache holds the heads folded into the batch, so that the updated
+      # cache and the attention's matmuls see one shape. With (R, H, L, D) and
+      # R = 1, XLA:CPU gave the matmuls a bitcast without the unit dim and
+      # then duplicated the update for it: 33 cache copies per step, and
+      # 1.34x the time per code at batch 1 (benchmarks/decode.py).
+      fold = lambda t: t.reshape((-1,) + t.shape[2:])
+      k = jax.lax.dynamic_update_slice_in_dim(self_kv[0], fold(k), index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(self_kv[1], fold(v), index, 1)
     x = x + drop(self.SelfAttn(y, k, v, mask, deterministic))
 
     # Samples of one image share its keys: fold them into the query axis.
@@ -337,10 +351,11 @@ class Model(nn.Module):
 
     Returns:
       {"cross": per layer (k, v) (B, H, P, D) of the image, "self": per layer
-      (k, v) (R, H, L, D) zeros, filled by `decode_step`}.
+      (k, v) (R * H, L, D) zeros, filled by `decode_step`}.
     """
     b, _, e = encoded.shape
-    shape = (b * num_samples, self.num_heads, self.seq_len, e // self.num_heads)
+    shape = (b * num_samples * self.num_heads, self.seq_len,
+             e // self.num_heads)
     zeros = jnp.zeros(shape, encoded.dtype)
     return {"cross": self.decoder.cross_kv(encoded),
             "self": [(zeros, zeros)] * self.num_layers}

@@ -247,10 +247,10 @@ def base_model_as_encoder(stage1_model, stage1_variables, params):
   The base model (`uvimx/models/uvim.py`, `with_decoder_ctx`) adds the
   image's patch embeddings (`ctx_dec_embedding`) to the code's tokens and
   runs the decoder ViT; code dropout trains it on images whose whole code
-  is zero, too. Its image stem and decoder blocks
-  become the LM's `EmbedPatches` and `encoder`, and the zero code's tokens
-  plus its position embeddings the LM's learned `pos_embedding_encoder`, so
-  that the LM's encoder computes the base model's zero-code features.
+  is zero, too. Its image stem and decoder blocks become the LM's
+  `EmbedPatches` and `encoder`, and the zero code's tokens plus its position
+  embeddings the LM's learned `pos_embedding_encoder`, so that the LM's
+  encoder computes the base model's zero-code features.
 
   Args:
     stage1_model: the stage-I `uvimx.models.uvim.Model`.
