@@ -47,13 +47,6 @@ _TILE = 128  # Pixels per map in the figure.
 _HEADER = 26  # Two lines of titles.
 
 
-def _config(variant):
-  config = polymax_synthetic.get_config(variant)
-  if quality_runs.DATA_DIR.value:
-    config.input.data.data_dir = quality_runs.DATA_DIR.value
-  return config
-
-
 def _table():
   print("| task | metric | cluster head | per-pixel head | better |")
   print("|---|---|---|---|---|")
@@ -61,7 +54,7 @@ def _table():
   for task in _TASKS:
     runs = {}
     for variant in (task, f"perpixel_{task}"):
-      steps = _config(variant).total_steps
+      steps = polymax_synthetic.get_config(variant).total_steps
       if quality_runs.finished(variant, steps):
         runs[variant], seconds = quality_runs.scalars(variant, steps)
         minutes[variant] = (steps, seconds / 60)
@@ -80,7 +73,7 @@ def _table():
 
 def _cluster_maps(variant, index):
   """The example's image, label and `cluster_maps` outputs, as numpy."""
-  config = _config(variant)
+  config = polymax_synthetic.get_config(variant)
   trainer, variables = quality_runs.trained_model(config, variant)
   ds = quality_runs.validation(config, batch_size=1)
   example = next(iter(ds.skip(index).take(1).as_numpy_iterator()))
@@ -127,7 +120,8 @@ def _row(task, example, out):
 def _figure(path):
   rows = []
   for task in ("depth", "normals"):
-    if quality_runs.finished(task, _config(task).total_steps):
+    steps = polymax_synthetic.get_config(task).total_steps
+    if quality_runs.finished(task, steps):
       rows.append(_row(task, *_cluster_maps(task, _FIGURE_EXAMPLE.value)))
   if not rows:
     return
@@ -148,7 +142,7 @@ def main(argv):
   variants = [v for t in _TASKS for v in (t, f"perpixel_{t}")]
   for variant in quality_runs.selected(variants):
     quality_runs.train("configs/polymax_synthetic.py", variant,
-                       _config(variant).total_steps)
+                       polymax_synthetic.get_config(variant).total_steps)
   _table()
   _figure(os.path.join(quality_runs.WORKDIR.value, "cluster_maps.png"))
 
