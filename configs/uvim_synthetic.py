@@ -3,7 +3,8 @@ r"""UViM on synthetic_scenes/64x64: stage I (oracle + base model), stage II (LM)
 Variants, `{task}_{what}` with task panoptic, depth or colorization:
 
   {task}_stage1     the restricted oracle and base model, joined by a code of
-                    64 words (panoptic) or 16 from a 128-word dictionary.
+                    64 words from a 1024-word dictionary (panoptic) or 16
+                    from a 128-word one.
   {task}_base_only  the same model with an all-zero code (zero_decoder_seq):
                     UViM's "base model only" ablation.
   {task}_stage2     the LM predicting the stage-I code from the image; needs
@@ -31,19 +32,24 @@ _PATCH = (8, 8)
 _NUM_CLASSES = 9  # synthetic_scenes: 4 things, then 5 stuff classes.
 # Training steps of 32 images per task, (stage I, stage II): the twelve runs
 # of benchmarks/uvim_quality.py must fit in a few hours of 2 CPU cores.
-# Panoptic, the paper's main task, gets the most (6.4 epochs). Depth's LM gets
-# 3000: after 1000 its code still loses to the zero code (RMSE 0.93 vs 0.85 m).
-_STEPS = {"panoptic": (2000, 2000), "depth": (1000, 3000),
+# Panoptic, the paper's main task, gets the most (6.4 epochs of stage I). The
+# LMs get 3000: depth's code, after 1000, still lost to the zero code (RMSE
+# 0.93 vs 0.85 m); for panoptic's see _DICT.
+_STEPS = {"panoptic": (2000, 3000), "depth": (1000, 3000),
           "colorization": (1000, 1000)}
-# Code words per image, of a 128-word dictionary. Panoptic gets a word per
-# 8x8 patch: with 16 (one per 2x2 patches, 112 bits for 8 segments) the
-# oracle's code lost almost every thing under 100 pixels, 46% of the things
-# (stage I PQ 48.1, things 14.5; with 64: 57.5 and 29.0). A 1024-word
-# dictionary (with dict_momentum 0.95, or LBG leaves half of it unused after
-# 2000 steps) lifts stage I to 63.9, but its LM then loses to the
-# non-autoregressive one after 2000 steps (38.6 vs 39.9 PQ); after 3000 it
-# wins (42.4 vs 41.2), a switch not yet made: see the README.
+# Code words per image. Panoptic gets a word per 8x8 patch: with 16 (one per
+# 2x2 patches, 112 bits for 8 segments) the oracle's code lost almost every
+# thing under 100 pixels, 46% of the things (stage I PQ 48.1, things 14.5;
+# with 64: 57.5 and 29.0, from a 128-word dictionary).
 _CODE_LEN = {"panoptic": 64, "depth": 16, "colorization": 16}
+# Dictionary size and EMA momentum per task. Panoptic's 1024 words lift stage
+# I from 57.5 to 63.9 PQ (things 29.0 -> 38.3). They need the faster momentum:
+# at 0.995 a dead word's discounted count stays above LBG's min_count for
+# ~1000 steps, and half the words were still unused after 2000 (PQ 61.4). Its
+# LM, over 1025 tokens, needs 3000 steps to beat the non-autoregressive one
+# (after 2000: 38.6 vs 39.9 PQ). The README's Results list these runs.
+_DICT = {"panoptic": (1024, 0.95), "depth": (128, 0.995),
+         "colorization": (128, 0.995)}
 
 # Per task: the pp that makes (image, label), the task and its evaluator.
 # The images are already 64x64: the resizes only give the pipeline its static
@@ -89,7 +95,8 @@ def _stage1_model(task, smoke):
   return dict(input_size=(_RES, _RES), patch_size=_PATCH,
               code_len=_CODE_LEN[task],
               width=128, enc_depth=4, dec_depth=4, mlp_dim=512, num_heads=4,
-              dict_size=128, codeword_dim=32, dict_momentum=0.995,
+              dict_size=_DICT[task][0], codeword_dim=32,
+              dict_momentum=_DICT[task][1],
               with_encoder_ctx=True, with_decoder_ctx=True,
               code_dropout="random", bottleneck_resize=True)
 
