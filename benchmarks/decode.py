@@ -11,10 +11,11 @@ at every step), the non-autoregressive LM and AiT-P's parallel decoder (both
 one pass; AiT-P keeps the causal mask and a learned input token), then the
 time of the image encoder alone. Images are encoded `--encode_chunk` at a
 time (see `uvimx.decode.encode`). Compilation is timed separately.
-big_vision's own UViM (commit 9846ff2, jax 0.4.18) reaches 311 codes/s at
-batch 1 and 941 at batch 32 on this project's 2-core CPU; the table gives the
-ratio, and the FLOP/s of a float32 matmul in the same process so that
-machines can be compared.
+big_vision's own UViM (commit 9846ff2, jax 0.4.18) reached 311 codes/s at
+batch 1 and 941 at batch 32 on the issue's 2-core CPU; the table gives the
+ratio to those, and the FLOP/s of a float32 matmul in the same process.
+Machines differ, so `benchmarks/big_vision_decode.py` times big_vision's
+decoder on this machine: divide by its codes/s for a same-machine ratio.
 """
 import time
 
