@@ -5,7 +5,9 @@ The issue gives big_vision's codes/s from another machine (311 at batch 1,
 `benchmarks/decode.py`'s codes/s can be divided by a baseline from the same
 machine. It runs in big_vision's environment, not uvimx's, and imports no
 uvimx code: a checkout of google-research/big_vision on PYTHONPATH, and the
-versions of the issue's measurement.
+versions of the issue's measurement. A full checkout also needs big_vision's
+own requirements: `vtt.py` imports `big_vision.utils`, which imports
+TensorFlow.
 
   python3 -m venv /tmp/bvenv
   /tmp/bvenv/bin/pip install jax==0.4.18 jaxlib==0.4.18 flax==0.7.4 \
