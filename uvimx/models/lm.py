@@ -85,15 +85,12 @@ class Attention(nn.Module):
     batch: the layout of the decoding cache (see `EncoderDecoderBlock`).
     """
     q = jnp.swapaxes(self.query(x), 1, 2)
-    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     b, h, length, d = q.shape
     if k.ndim == 3:
       q = q.reshape(b * h, length, d)
-    w = jnp.einsum("...qd,...kd->...qk", q, k)
-    if mask is not None:
-      w = jnp.where(mask, w, jnp.finfo(w.dtype).min)
-    w = self.dropout(jax.nn.softmax(w), deterministic=deterministic)
-    out = jnp.einsum("...qk,...kd->...qd", w, v).reshape(b, h, length, d)
+    out = vit.attend(q, k, v, mask,
+                     lambda w: self.dropout(w, deterministic=deterministic))
+    out = out.reshape(b, h, length, d)
     return self.out(jnp.swapaxes(out, 1, 2))
 
 

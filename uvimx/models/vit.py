@@ -8,6 +8,7 @@ e.g. UViM's, load into these modules by name.
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
@@ -134,6 +135,44 @@ def fix_old_checkpoint(params):
   return params
 
 
+def attend(q, k, v, mask=None, dropout=None):
+  """softmax(q k^T / sqrt(D)) v for heads-first q (..., Q, D), k, v (..., K, D).
+
+  The weighted sum comes before the normalisation: the (..., Q, D) result is
+  divided by the softmax's denominators instead of the (..., Q, K) weights,
+  the same arithmetic up to rounding. XLA:CPU runs it 2.6x faster than
+  flax's `dot_product_attention` (on flax's (B, L, H, D) layout instead of
+  heads-first, 1.5x slower again); benchmarks/decode.py's encoder at batch
+  32 went from 225-270 to 188-203 ms (README, Results).
+
+  Args:
+    q: queries.
+    k: keys.
+    v: values.
+    mask: None, or broadcastable to (..., Q, K), True where allowed.
+    dropout: None, or a function applied to the unnormalised weights (the
+      same as applying it to the normalised ones).
+
+  Returns:
+    The (..., Q, D) attention output.
+  """
+  q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  w = jnp.einsum("...qd,...kd->...qk", q, k)
+  if mask is not None:
+    w = jnp.where(mask, w, jnp.finfo(w.dtype).min)
+  # Subtracting the maximum changes no output, so it needs no gradient.
+  e = jnp.exp(w - jax.lax.stop_gradient(jnp.max(w, axis=-1, keepdims=True)))
+  out = jnp.einsum("...qk,...kd->...qd", e if dropout is None else dropout(e),
+                   v)
+  return out / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _attention_fn(query, key, value, mask=None):
+  """`attend` as flax's MultiHeadDotProductAttention calls it: (B, L, H, D)."""
+  q, k, v = (jnp.swapaxes(t, -3, -2) for t in (query, key, value))
+  return jnp.swapaxes(attend(q, k, v, mask), -3, -2)
+
+
 class MlpBlock(nn.Module):
   """Transformer feed-forward block: Dense, GELU, dropout, Dense."""
   mlp_dim: Optional[int] = None  # None: 4x the input width.
@@ -163,6 +202,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         kernel_init=nn.initializers.xavier_uniform(),
+        attention_fn=_attention_fn,
         deterministic=deterministic)(y, y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + y
