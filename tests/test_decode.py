@@ -164,6 +164,24 @@ def test_key_seeds_and_encode_chunks_change_nothing():
       sample(params, images, seeds)[0])
 
 
+def test_sharded_batch():
+  """On uvimx's (Auto) mesh a sharded batch samples what one device does; on
+  an Explicit mesh sample says how to make an Auto one."""
+  params, sample = sampler(True, num_samples=2, temperature=1.0)
+  images, seeds = test_lm._images(8), jnp.arange(8)
+
+  def sharded(axis_type):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    return jax.device_put((images, seeds), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("data")))
+
+  np.testing.assert_array_equal(
+      sample(params, *sharded(jax.sharding.AxisType.Auto))[0],
+      sample(params, images, seeds)[0])
+  with pytest.raises(ValueError, match="uvimx.sharding.make_mesh"):
+    sample(params, *sharded(jax.sharding.AxisType.Explicit))
+
+
 def test_non_autoregressive_samples_in_one_pass():
   images, seeds = test_lm._images(), jnp.arange(B)
   params, sample = sampler(autoregressive=False, num_samples=3)

@@ -86,6 +86,25 @@ def _check_options(model, num_samples, temperature, top_k, top_p, cached,
                      f"{top_p}.")
 
 
+def _check_batch_sharding(images):
+  """Raises a ValueError if the images are sharded on an Explicit mesh.
+
+  With Explicit axes (`jax.make_mesh`'s default) every array's sharding is
+  part of its type, and the arrays made here (keys, zeros, caches) and in
+  the models would each need one; uvimx's meshes are Auto, where XLA
+  propagates the batch sharding by itself.
+  """
+  sharding = jax.typeof(images).sharding
+  if (jax.sharding.AxisType.Explicit in sharding.mesh.axis_types
+      and any(sharding.spec)):
+    raise ValueError(
+        f"decode.sample: the images are sharded as {sharding.spec} over a "
+        f"mesh with Explicit axes {sharding.mesh.axis_names} (the default of "
+        "jax.make_mesh); uvimx decodes on Auto meshes. Make the mesh with "
+        "uvimx.sharding.make_mesh, or pass jax.make_mesh axis_types="
+        "(jax.sharding.AxisType.Auto,) * num_axes.")
+
+
 def encode(model, params, images, chunk=0):
   """`model.encode(images)`, `chunk` images at a time if chunk > 0.
 
@@ -173,6 +192,7 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
   """
   _check_options(model, num_samples, temperature, top_k, top_p, cached,
                  soft_tokens)
+  _check_batch_sharding(images)
   if not jax.dtypes.issubdtype(seeds.dtype, jax.dtypes.prng_key):
     seeds = jax.vmap(jax.random.key)(seeds)
   b, n, length = images.shape[0], num_samples, model.seq_len
