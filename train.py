@@ -151,9 +151,11 @@ def train_and_evaluate(config, workdir):
   else:
     train_state = setup.init()
     if config.get("model_init"):
-      train_state["params"] = checkpoint.load_variables(
-          config.model_init,
-          {"params": setup.abstract_state["params"]})["params"]
+      # The model's variables, as big_vision's model_init: params and state.
+      # UViM stage I's codewords are its state, so params alone would pair a
+      # trained encoder with a fresh dictionary.
+      train_state.update(checkpoint.load_variables(
+          config.model_init, _variables(setup.abstract_state)))
   last_checkpoint = start_step or "none"
 
   train_step = train_state_lib.jit_train_step(trainer, setup, mesh)

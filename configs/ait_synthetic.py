@@ -134,6 +134,8 @@ def get_config(arg="depth_tokenizer"):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.trainer = "vqvae"
   config.input = dict(
       data=dict(name=data, split="train", data_dir=data_dir),
@@ -171,6 +173,8 @@ def _mask_config(smoke):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.trainer = "vqvae"
   batch_size = 8 if smoke else 16
   config.input = dict(
@@ -278,6 +282,8 @@ def _lm_config(variant):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.trainer = "ait"
   config.input = dict(
       data=dict(name=data, split="train", data_dir=data_dir),

@@ -35,6 +35,8 @@ _STAGE1_MODEL = dict(
 def _common():
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.input = dict(
       data=dict(name="synthetic_scenes/128x128", split="train",
                 data_dir=ml_collections.config_dict.placeholder(str)),

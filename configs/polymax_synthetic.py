@@ -89,6 +89,8 @@ def get_config(arg="depth"):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.trainer = "cluster_head"
   config.input = dict(
       data=dict(name=data, split="train", data_dir=data_dir),

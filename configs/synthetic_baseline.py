@@ -74,6 +74,8 @@ def get_config(arg="semseg"):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.trainer = "per_pixel"
 
   config.input = dict(

@@ -118,9 +118,10 @@ _TASKS = {
         pp_eval=_PANOPTIC_EVAL_PP,
         # 133 classes + void; 100 instance channels (COCO has at most 98
         # segments per training image, 78 per validation image).
-        task=dict(name="panoptic", num_classes=133 + 1, max_instances=100),
-        # min_fraction stays 0: big_vision's configs leave the 0.03**2
-        # filter commented out (the paper mentions 0.1%).
+        # min_fraction 0: big_vision's configs leave the 0.03**2 filter
+        # commented out (the paper mentions 0.1%).
+        task=dict(name="panoptic", num_classes=133 + 1, max_instances=100,
+                  min_fraction=0.0),
         evals=dict(
             coco_panoptic_train=dict(split="train[4096:8192]"),
             coco_panoptic_holdout=dict(split="train[:4096]"),
@@ -171,6 +172,8 @@ def _common(task, stage):
   data_dir = ml_collections.config_dict.placeholder(str)
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.input = dict(
       data=dict(name=t["dataset"], split=t["train_split"], data_dir=data_dir),
       pp=t["pp"], batch_size=t[stage]["batch_size"],

@@ -63,8 +63,9 @@ _TASKS = {
             "concat(['semantics', 'instances'], 'labels')|"
             f"resize({_RES})|resize({_RES}, key='labels', method='nearest')|"
             "value_range(-1, 1)|keep('image', 'labels')"),
+        # min_fraction 0, big_vision's: no segment is too small to keep.
         task=dict(name="panoptic", num_classes=_NUM_CLASSES + 1,
-                  max_instances=16),
+                  max_instances=16, min_fraction=0.0),
         eval=dict(type="panoptic", categories="synthetic_scenes")),
     "depth": dict(
         pp=("decode|decode_depth_png|"
@@ -108,6 +109,8 @@ def _common(task, smoke):
   data_dir = ml_collections.config_dict.placeholder(str)
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # A checkpoint step directory to start from: --config.model_init=DIR.
+  config.model_init = ml_collections.config_dict.placeholder(str)
   config.input = dict(
       data=dict(name=data, split="train", data_dir=data_dir),
       pp=_TASKS[task]["pp"], batch_size=8 if smoke else 32,

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
+from absl import flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,6 +121,23 @@ def test_total_steps_zero_evaluates_model_init(tfds_data_dir, tmp_path):
   assert list(miou) == [0] and 0 <= miou[0] <= 100
   assert not (pathlib.Path(workdir) / "checkpoints").exists() or (
       checkpoint_steps(workdir) == [])
+
+
+@pytest.mark.parametrize("spec", [
+    "synthetic_baseline.py:semseg", "polymax_nyu.py:depth",
+    "uvim_synthetic.py:panoptic_stage1", "uvim_paper.py:panoptic_stage2",
+    "ait_synthetic.py:depth_tokenizer", "ait_synthetic.py:mask_tokenizer",
+    "ait_synthetic.py:joint_lm", "bench_uvim.py:s1"])
+def test_model_init_can_be_given_on_the_command_line(spec):
+  # train.py locks its config, so only a field the config declares can be
+  # set by a flag; every config builder declares model_init.
+  argv = ["train.py", f"--config={REPO / 'configs' / spec}",
+          "--config.model_init=/runs/a/checkpoints/100"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  assert flag_values.config.model_init == "/runs/a/checkpoints/100"
 
 
 def test_missing_model_init_is_a_clear_error(tfds_data_dir, tmp_path):

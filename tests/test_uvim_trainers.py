@@ -39,9 +39,17 @@ def smoke_config(variant, data_dir, workdir_s1=None):
   return config
 
 
-def test_stage1_then_stage2_train(tfds_data_dir, tmp_path):
-  s1_config = smoke_config("smoke_stage1", tfds_data_dir)
-  s1 = jax.device_get(train.train_and_evaluate(s1_config, str(tmp_path / "s1")))
+@pytest.fixture(scope="module")
+def stage1_run(tfds_data_dir, tmp_path_factory):
+  """(config, workdir, final train state) of a smoke stage-I run."""
+  config = smoke_config("smoke_stage1", tfds_data_dir)
+  workdir = tmp_path_factory.mktemp("s1")
+  return config, workdir, jax.device_get(
+      train.train_and_evaluate(config, str(workdir)))
+
+
+def test_stage1_then_stage2_train(stage1_run, tfds_data_dir, tmp_path):
+  s1_config, s1_workdir, s1 = stage1_run
   # EMA counts: each step discounts them by m and adds the batch's
   # B * code_len assignments; LBG splitting only moves counts. Starting from
   # dict_size ones, after k steps they sum to
@@ -54,11 +62,26 @@ def test_stage1_then_stage2_train(tfds_data_dir, tmp_path):
       model.dict_size * m**k + assignments * (1 - m**k) / (1 - m), rtol=1e-5)
   assert np.all(s1["state"]["counts"] >= model.min_count)
 
-  s2_config = smoke_config("smoke_stage2", tfds_data_dir, tmp_path / "s1")
+  s2_config = smoke_config("smoke_stage2", tfds_data_dir, s1_workdir)
   s2 = jax.device_get(train.train_and_evaluate(s2_config, str(tmp_path / "s2")))
   # The stage-I model rides along frozen, exactly as stage I left it.
   jax.tree.map(np.testing.assert_array_equal, s2["state"]["oracle"],
                {"params": s1["params"], "state": s1["state"]})
+
+
+def test_model_init_restores_the_dictionary(stage1_run, tfds_data_dir,
+                                            tmp_path):
+  # total_steps=0 evaluates a checkpoint: stage I's codewords are model
+  # state, so they must come from the checkpoint with the params (a fresh
+  # dictionary would pair the trained encoder with random codewords).
+  s1_config, s1_workdir, s1 = stage1_run
+  config = smoke_config("smoke_stage1", tfds_data_dir)
+  config.total_steps = 0
+  config.model_init = str(s1_workdir / "checkpoints" /
+                          str(s1_config.total_steps))
+  evaluated = jax.device_get(train.train_and_evaluate(config, str(tmp_path)))
+  for key in ("params", "state"):
+    jax.tree.map(np.testing.assert_array_equal, evaluated[key], s1[key])
 
 
 def test_stage2_requires_an_oracle_checkpoint(tfds_data_dir, tmp_path):

@@ -56,7 +56,7 @@ def restore(mngr, step, abstract_state):
 
 
 def load_variables(path, abstract_variables):
-  """Parts of another run's train state, e.g. its params (`model_init`).
+  """Parts of another run's train state, e.g. its params and state.
 
   Args:
     path: a checkpoint directory, e.g. "WORKDIR/checkpoints/1000".
