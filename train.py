@@ -74,15 +74,21 @@ def _batch_spec(dataset, trainer):
           pipeline.items()}
 
 
-def _raise_if_nonfinite(history, last_checkpoint):
-  """Raises naming the first step whose loss was NaN/inf, if any."""
+def _raise_if_nonfinite(history, last_checkpoint, config):
+  """Raises naming the first step that was not finite, if any."""
   for step, measurements in history:
     if bool(measurements["nonfinite"]):
+      loss = float(measurements["loss"])
+      what = (f"the training loss is {loss}" if not np.isfinite(loss) else
+              f"its update (loss {loss:.4g}) made the parameters non-finite")
+      clip = ("" if config.get("grad_clip_norm") else
+              ", set config.grad_clip_norm")
       raise NonFiniteLossError(
-          f"The training loss is {float(measurements['loss'])} at step {step}. "
-          "Training stopped; no parameter was updated with it, and the last "
-          f"checkpoint ({last_checkpoint}) is intact. Lower config.lr, set "
-          "config.grad_clip_norm, or check the input data.")
+          f"At step {step} {what}. Training stopped; the step was not "
+          f"applied, and the last checkpoint ({last_checkpoint}) holds finite "
+          "values, though maybe of a run already diverging. Lower "
+          f"config.lr{clip} or check the input data, and start again in a "
+          "new --workdir (this one would resume that checkpoint).")
 
 
 def _log_training(writer, step, history, *, total_steps, batch_size, lr,
@@ -139,6 +145,15 @@ def train_and_evaluate(config, workdir):
                             batch_size=batch_size, total_steps=total_steps)
   log_steps = steps("log_training", default=50)
   checkpoint_steps = steps("checkpoint", default=0)
+  if total_steps < 0:
+    raise ValueError(f"config.total_steps={total_steps} must be >= 0 (0: only "
+                     "evaluate, e.g. the checkpoint config.model_init).")
+  if start_step > total_steps:
+    raise ValueError(
+        f"The workdir {workdir!r} holds a checkpoint of step {start_step}, "
+        f"past config.total_steps={total_steps}: raise total_steps to train "
+        "on, or give a new --workdir (e.g. to evaluate config.model_init).")
+  sharding.check_batch_size(batch_size, mesh, "config.input.batch_size")
 
   batch_spec = _batch_spec(train_ds, trainer)
   setup = train_state_lib.setup_train_state(
@@ -146,22 +161,27 @@ def train_and_evaluate(config, workdir):
       data_size=num_train)
 
   if start_step:
-    logging.info("Resuming from the checkpoint of step %d.", start_step)
+    logging.info("Resuming from the checkpoint of step %d%s.", start_step,
+                 " (config.model_init only starts a new run: not loaded)"
+                 if config.get("model_init") else "")
     train_state = checkpoint.restore(mngr, start_step, setup.abstract_state)
+  elif config.get("model_init"):
+    # The model's variables, as big_vision's model_init: params and state.
+    # UViM stage I's codewords are its state, so params alone would pair a
+    # trained encoder with a fresh dictionary. They hold any pre-trained
+    # part too (e.g. stage II's frozen stage-I model): none is loaded.
+    train_state = setup.init(pretrained=False)
+    train_state.update(checkpoint.load_variables(
+        config.model_init, _variables(setup.abstract_state)))
   else:
     train_state = setup.init()
-    if config.get("model_init"):
-      # The model's variables, as big_vision's model_init: params and state.
-      # UViM stage I's codewords are its state, so params alone would pair a
-      # trained encoder with a fresh dictionary.
-      train_state.update(checkpoint.load_variables(
-          config.model_init, _variables(setup.abstract_state)))
   last_checkpoint = start_step or "none"
 
   train_step = train_state_lib.jit_train_step(trainer, setup, mesh)
   evals = evaluators_common.from_config(
       config, trainer.predict_fns(), mesh, workdir=workdir,
       data_size=num_train)
+  evaluators_common.check_inputs(evals, _variables(setup.abstract_state))
 
   # Preemption: finish the current step, checkpoint, exit cleanly.
   preempt_requested = []
@@ -192,7 +212,7 @@ def train_and_evaluate(config, workdir):
       is_log = is_last or (log_steps and step % log_steps == 0)
       if is_checkpoint or is_log:
         history = jax.device_get(history)
-        _raise_if_nonfinite(history, last_checkpoint)
+        _raise_if_nonfinite(history, last_checkpoint, config)
         if is_log:
           lr = float(setup.sched_fns[0](step - 1))  # Of update `step`.
           _log_training(writer, step, history, total_steps=total_steps,
@@ -202,11 +222,14 @@ def train_and_evaluate(config, workdir):
       if is_checkpoint:
         checkpoint.save(mngr, step, train_state)
         last_checkpoint = step
+      if stop:  # The checkpoint completes before this step's evals run.
+        mngr.wait_until_finished()
+      # Also when preempted: the resumed run starts after this step.
+      due = [e for e in evals if e.due(step, total_steps)]
+      _evaluate(writer, step, due, _variables(train_state))
       if stop:
         logging.info("Preempted: checkpointed step %d, exiting.", step)
         break
-      due = [e for e in evals if e.due(step, total_steps)]
-      _evaluate(writer, step, due, _variables(train_state))
   finally:
     # Also on errors: pending checkpoint writes complete, so the last good
     # checkpoint is valid.

@@ -32,9 +32,10 @@ lacks a piece):
 - Stage II reads one image at 512x512 for both the LM and the stage-I model
   (big_vision's `image` and `image_ctx`, which its configs give the same
   size); the paper's 1280x1280 panoptic LM input would need them apart.
-- Metrics are computed on labels resized to 512x512 (nearest), not on the
-  original-resolution ground truth: uvimx's predict fns return predictions
-  at the label size. For NYU this means on the Eigen crop resized to 512.
+- Metrics are computed on labels (and COCO's crowd map) resized to 512x512
+  (nearest), not on the original-resolution ground truth: uvimx's predict
+  fns return predictions at the label size. For NYU this means on the
+  Eigen crop resized to 512.
 - big_vision's stage-I `val` evaluator (the mean loss on the holdout split)
   has no uvimx counterpart, as the stage-I trainer has no per-example loss
   predict fn; the codebook usage on the holdout split is reported instead.
@@ -93,6 +94,13 @@ _PANOPTIC_EVAL_PP = (
     f"resize({RES}, key='instances', method='nearest')|"
     "value_range(-1, 1)|make_canonical|"
     "concat(['semantics', 'instances'], 'labels')|keep('image', 'labels')")
+# The PQ evaluators also need COCO's crowd regions (panopticapi neither
+# counts a missed one as FN nor a prediction on one as FP); the codebook and
+# loss evaluators need only the model inputs above.
+_PANOPTIC_PQ_PP = _PANOPTIC_EVAL_PP.replace(
+    "keep('image', 'labels')",
+    f"resize({RES}, key='crowd', method='nearest')|"
+    "keep('image', 'labels', 'crowd')")
 _NYU_EVAL_PP = (
     "decode|nyu_depth(key='depth')|nyu_eval_crop(keys=('image', 'depth'))|"
     f"resize({RES})|resize({RES}, key='depth', method='nearest')|"
@@ -115,7 +123,7 @@ _TASKS = {
             "value_range(-1, 1)|make_canonical|"
             "concat(['semantics', 'instances'], 'labels')|"
             "keep('image', 'labels')"),
-        pp_eval=_PANOPTIC_EVAL_PP,
+        pp_eval=_PANOPTIC_EVAL_PP, pp_task_eval=_PANOPTIC_PQ_PP,
         # 133 classes + void; 100 instance channels (COCO has at most 98
         # segments per training image, 78 per validation image).
         # min_fraction 0: big_vision's configs leave the 0.03**2 filter
@@ -126,7 +134,7 @@ _TASKS = {
             coco_panoptic_train=dict(split="train[4096:8192]"),
             coco_panoptic_holdout=dict(split="train[:4096]"),
             coco_panoptic=dict(split="validation")),
-        eval_args=dict(type="panoptic", log_steps=10_000),
+        eval_args=dict(type="panoptic", crowd_key="crowd", log_steps=10_000),
         stage1=dict(batch_size=1024, total_epochs=1000, lr=4e-4, wd=4e-5),
         stage2=dict(batch_size=512, total_epochs=200)),
     "depth": dict(
@@ -199,7 +207,8 @@ def _common(task, stage):
     config.evals[name] = dict(
         **t["eval_args"], **extra, pred="predict",
         data=dict(name=t["dataset"], split=split["split"], data_dir=data_dir),
-        pp=t["pp_eval"], batch_size=t[stage]["batch_size"])
+        pp=t.get("pp_task_eval", t["pp_eval"]),
+        batch_size=t[stage]["batch_size"])
   return config
 
 

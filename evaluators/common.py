@@ -88,6 +88,19 @@ def from_config(config, predict_fns, mesh, *, workdir, data_size=None):
   return scheduled
 
 
+def check_inputs(scheduled, abstract_variables):
+  """Raises now, not at an evaluation mid-run, if an evaluator's pipeline
+  gives batches that its predict fn cannot take (e.g. a pp's wrong size).
+
+  Args:
+    scheduled: `from_config`'s list.
+    abstract_variables: the model's {"params", "state"} as
+      ShapeDtypeStructs.
+  """
+  for s in scheduled:
+    s.evaluator.predictions.check(abstract_variables, f"config.evals.{s.name}")
+
+
 class Predictions:
   """A predict fn run over a whole eval split, every example exactly once.
 
@@ -99,14 +112,28 @@ class Predictions:
   def __init__(self, predict_fn, *, data, pp, batch_size, mesh, cache=True):
     # Checked here, at startup, rather than at the first evaluation mid-run:
     # every batch is split evenly over all devices.
-    if batch_size % mesh.size:
-      raise ValueError(f"Eval batch_size {batch_size} is not divisible by the "
-                       f"{mesh.size} devices of the mesh.")
+    sharding.check_batch_size(batch_size, mesh, "The eval batch_size")
     self.dataset, self.num_batches = input_pipeline.evaluation(
         data, pp, batch_size, cache=cache)
+    self.batch_size = batch_size
     self.mesh = mesh
     self.predict = jax.jit(predict_fn,
                            out_shardings=sharding.batch_sharding(mesh))
+
+  def check(self, abstract_variables, where):
+    """Raises a ValueError if the predict fn cannot take the batches."""
+    batch = {k: jax.ShapeDtypeStruct((self.batch_size, *s.shape[1:]),
+                                     s.dtype.as_numpy_dtype)
+             for k, s in self.dataset.element_spec.items()}
+    try:
+      jax.eval_shape(self.predict, abstract_variables, batch)
+    except (KeyError, TypeError, ValueError) as e:
+      shapes = {k: f"{b.dtype.name}{list(b.shape[1:])}"
+                for k, b in batch.items() if k != "_mask"}
+      raise ValueError(
+          f"{where}: its pp gives examples {shapes}, which the model's "
+          f"predict fn cannot take (check the pp's resize and keep ops): "
+          f"{type(e).__name__}: {e}") from None
 
   def __call__(self, variables):
     for batch in self.dataset.as_numpy_iterator():

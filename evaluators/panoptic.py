@@ -27,6 +27,9 @@ PQ, SQ and RQ are percentages (0-100), like the other evaluators' metrics.
       pp="decode|coco_panoptic|concat(['semantics', 'instances'], 'labels')|"
          "value_range(-1, 1)|keep('image', 'labels')",
       categories="synthetic_scenes")
+
+On COCO, also keep the op's `crowd` map (resized like the labels) and set
+crowd_key="crowd", as configs/uvim_paper.py does, for panopticapi's numbers.
 """
 import json
 
@@ -287,7 +290,7 @@ class Evaluator:
   """PQ, SQ and RQ of a predict fn over a whole split."""
 
   def __init__(self, predict_fn, *, mesh, data, pp, batch_size, categories,
-               pred_key="panoptic", label_key="labels"):
+               pred_key="panoptic", label_key="labels", crowd_key=None):
     """Sets up the evaluation.
 
     Args:
@@ -299,14 +302,19 @@ class Evaluator:
         instance id), e.g. the concatenation of the `coco_panoptic` op's
         `semantics` (class label + 1, 0 void) and `instances` (which numbers
         stuff segments too: no matter, a stuff segment is a whole class).
-        Crowd regions are not supported here (no pp op marks them): COCO's
-        crowd segments would count as ordinary ones.
       batch_size: global eval batch size.
       categories: {semantic id: {"isthing": bool, "name": optional}}, or a
         name or file for `named_categories` (eval configs are ConfigDicts,
         whose keys are strings), e.g. "synthetic_scenes".
       pred_key: the panoptic key of the predict fn's outputs.
       label_key: the panoptic key of the batch.
+      crowd_key: optional key of the batch's crowd maps, int or bool
+        (B, H, W[, 1]), nonzero on ground-truth crowd segments (the
+        `coco_panoptic` op's `crowd`, resized and kept like the labels).
+        With it, crowd regions count as panopticapi counts them (see
+        `pq_stats`), as COCO's PQ needs; without it they are ordinary
+        segments (a missed one is a FN, an unmatched prediction on one a
+        FP).
     """
     categories = named_categories(categories)
     _check_categories(categories)
@@ -315,13 +323,20 @@ class Evaluator:
     self.categories = categories
     self.pred_key = pred_key
     self.label_key = label_key
+    self.crowd_key = crowd_key
 
   def run(self, variables):
     """Yields the (name, value) pairs of `pq_metrics`."""
     stats = np.zeros((len(self.categories), 4))
     for batch, outputs in self.predictions(variables):
-      gt = common.get(batch, self.label_key, "eval batch (label_key)")
-      pred = common.get(outputs, self.pred_key, "predict fn outputs (pred_key)")
-      for g, p in zip(gt[batch["_mask"]], pred[batch["_mask"]]):
-        stats += pq_stats(g, p, self.categories)
+      mask = batch["_mask"]
+      gt = common.get(batch, self.label_key, "eval batch (label_key)")[mask]
+      pred = common.get(outputs, self.pred_key,
+                        "predict fn outputs (pred_key)")[mask]
+      crowd = [None] * len(gt)
+      if self.crowd_key is not None:
+        crowd = common.squeeze_map(common.get(
+            batch, self.crowd_key, "eval batch (crowd_key)"))[mask] != 0
+      for g, p, c in zip(gt, pred, crowd, strict=True):
+        stats += pq_stats(g, p, self.categories, c)
     yield from pq_metrics(common.process_sum(stats), self.categories).items()

@@ -13,14 +13,21 @@ NYU_FRAME = (480, 640)
 
 @registry.register("coco_panoptic")
 def get_coco_panoptic():
-  """Turns a COCO panoptic PNG into `semantics` and `instances` maps.
+  """Turns a COCO panoptic PNG into `semantics`, `instances` and `crowd` maps.
 
   Reads TFDS `coco/2017_panoptic`'s layout: `panoptic_image` is uint8 HxWx3
   with segment id R + 256 G + 256^2 B, and `panoptic_objects` has the `id`
-  and the class `label` of each segment. Writes, as int32 HxWx1 (like
-  big_vision's UViM op):
+  and the class `label` of each segment, and optionally `is_crowd`. Writes,
+  as int32 HxWx1 (the first two like big_vision's UViM op):
     semantics: label + 1, 0 for void (a pixel in no listed segment);
-    instances: 1-based index of the segment in `panoptic_objects`, 0 for void.
+    instances: 1-based index of the segment in `panoptic_objects`, 0 for void;
+    crowd: 1 on the pixels of `is_crowd` segments (COCO's iscrowd=1 regions),
+      0 elsewhere; all 0 if the objects have no `is_crowd`. int32, not bool,
+      so that `resize(..., method='nearest')` and batch padding take it.
+  Crowd segments stay ordinary segments in `semantics` and `instances`, as
+  in big_vision's UViM op (which ignores `is_crowd`), so models train on
+  them; only the panoptic evaluator (`crowd_key`) treats them as
+  panopticapi does.
 
   Returns:
     The op.
@@ -29,8 +36,11 @@ def get_coco_panoptic():
     rgb = tf.cast(data["panoptic_image"], tf.int32)
     id_map = tf.reshape(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2],
                         [-1])
-    ids = tf.cast(data["panoptic_objects"]["id"], tf.int32)
-    labels = tf.cast(data["panoptic_objects"]["label"], tf.int32)
+    objects = data["panoptic_objects"]
+    ids = tf.cast(objects["id"], tf.int32)
+    labels = tf.cast(objects["label"], tf.int32)
+    is_crowd = (tf.cast(objects["is_crowd"], tf.int32) if "is_crowd" in objects
+                else tf.zeros_like(ids))
     # Look every pixel's id up among the sorted segment ids (O(HW log N),
     # where one mask per segment would cost O(HW N) memory). A sentinel
     # above every 24-bit id, standing for a dummy segment N, keeps all
@@ -43,9 +53,12 @@ def get_coco_panoptic():
     instances = tf.where(found, index + 1, 0)
     semantics = tf.where(
         found, tf.gather(tf.concat([labels, [-1]], 0), index) + 1, 0)
+    crowd = tf.where(found, tf.gather(tf.concat([is_crowd, [0]], 0), index),
+                     0)
     shape = tf.concat([tf.shape(rgb)[:2], [1]], 0)
     data["instances"] = tf.reshape(instances, shape)
     data["semantics"] = tf.reshape(semantics, shape)
+    data["crowd"] = tf.reshape(crowd, shape)
     return data
   return _coco_panoptic
 

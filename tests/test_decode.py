@@ -90,6 +90,12 @@ def test_keep_mask():
   np.testing.assert_array_equal(keep(top_k=0, top_p=0.9), [1, 1, 1, 1, 1])
   np.testing.assert_array_equal(keep(top_k=2, top_p=0.9), [0, 1, 0, 1, 0])
   np.testing.assert_array_equal(keep(top_k=0, top_p=1.0), [1, 1, 1, 1, 1])
+  # top_p=1 keeps every token, also where the float32 cumulative sum of the
+  # sorted probabilities reaches 1 before the last ones (here at ~4030 of
+  # 4097 tokens).
+  many = jnp.asarray(3 * np.random.default_rng(0).normal(size=(1, 4097)),
+                     jnp.float32)
+  assert decode._keep_mask(many, top_k=0, top_p=1.0).all()
 
 
 def _check_frequencies(codes, p, temperature, top_k, top_p):
@@ -198,7 +204,11 @@ def test_non_autoregressive_samples_in_one_pass():
 
 
 @pytest.mark.parametrize("options,match", [
-    (dict(num_samples=0), "num_samples"), (dict(temperature=-1), "temperature"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(num_samples=2.0), "num_samples"),
+    (dict(num_samples=True), "num_samples"),
+    (dict(temperature=-1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=V + 1), "top_k"), (dict(top_p=1.5), "top_p"),
     (dict(encode_chunk=3), "encode_chunk"),
     (dict(soft_tokens=True, cached=False), "soft_tokens")])

@@ -330,14 +330,16 @@ PP = ("decode|coco_panoptic|make_canonical|"
       "concat(['semantics', 'instances'], 'labels')|keep('image', 'labels')")
 
 
-def _evaluator(data_dir, predict_fn):
+def _evaluator(data_dir, predict_fn, **kwargs):
   # 24 validation examples in batches of 16 on 8 devices: the second batch
   # has 8 all-zero (all void) padding examples.
+  kwargs = {"pp": PP, "categories": panoptic.SYNTHETIC_SCENES_CATEGORIES,
+            **kwargs}
   return panoptic.Evaluator(
       predict_fn, mesh=sharding.make_mesh([("data", -1)]),
       data=dict(name="synthetic_scenes/tiny", split="validation",
                 data_dir=data_dir),
-      pp=PP, batch_size=16, categories=panoptic.SYNTHETIC_SCENES_CATEGORIES)
+      batch_size=16, **kwargs)
 
 
 def _raw_panoptic(data_dir):
@@ -348,11 +350,15 @@ def _raw_panoptic(data_dir):
                          ).astype(np.int64) for ex in tfds.as_numpy(ds)]
 
 
-def test_evaluator_ground_truth_is_perfect(tfds_data_dir):
+@pytest.mark.parametrize("crowd_key", [None, "crowd"])
+def test_evaluator_ground_truth_is_perfect(tfds_data_dir, crowd_key):
   # The pp labels number stuff segments as instances too; stuff is still one
-  # segment per class.
-  got = dict(_evaluator(tfds_data_dir,
-                        lambda v, b: {"panoptic": b["labels"]}).run({}))
+  # segment per class. synthetic_scenes has no crowd segment: its crowd map,
+  # carried through the pp, is all 0 and changes nothing.
+  pp = PP if crowd_key is None else PP.replace(
+      "keep('image', 'labels')", "keep('image', 'labels', 'crowd')")
+  got = dict(_evaluator(tfds_data_dir, lambda v, b: {"panoptic": b["labels"]},
+                        pp=pp, crowd_key=crowd_key).run({}))
   assert got["pq"] == 100 and got["pq_things"] == 100
   assert got["pq_stuff"] == 100
   assert got["n"] == 9
@@ -383,3 +389,52 @@ def test_evaluator_leaves_out_masked_examples(tfds_data_dir):
       {"panoptic": np.stack([gt, wrong])})])
   got = dict(evaluator.run({}))
   assert got["pq"] == 100 and got["n"] == 2
+
+
+def test_evaluator_crowd_key(tfds_data_dir):
+  """The COCO sample through the Evaluator: its crowd regions, with and
+  without `crowd_key`."""
+  gts, crowds, segments, categories = _coco_sample()
+  # The crowds of persons of images 0 (24295 pixels, image 0's only crowd)
+  # and 1 (7839 pixels; image 1 also has a crowd of horses).
+  (cat0, crowd0), (cat1, person1) = segments[0][3153362], segments[1][5120499]
+  assert cat0 == cat1 == PERSON
+  np.testing.assert_array_equal(crowd0, crowds[0])
+  assert crowds[1][person1].all() and person1.sum() == 7839
+  preds = [g.copy() for g in gts]
+  # Image 0's crowd of persons is missed (predicted void).
+  preds[0][crowd0] = 0
+  # On image 1's crowd of persons, a new person segment (instance 1000) on
+  # its first 3919 pixels (raster order), the rest void: IoU 3919 / 7839,
+  # not above 1/2, so no match.
+  first_half = person1 & (np.cumsum(person1) <= 3919).reshape(person1.shape)
+  preds[1][person1] = 0
+  preds[1][first_half] = PERSON, 1000
+  # One image per batch, as the pp gives them: crowd int32 (1, H, W, 1).
+  batches = [({"labels": g[None], "crowd": c[None, ..., None].astype(np.int32),
+               "_mask": np.array([True])}, {"panoptic": p[None]})
+             for g, c, p in zip(gts, crowds, preds)]
+
+  def run(**kwargs):
+    evaluator = _evaluator(tfds_data_dir, lambda v, b: {},
+                           categories=categories, **kwargs)
+    evaluator.predictions = lambda variables: iter(batches)
+    return dict(evaluator.run({}))
+
+  # With the crowd maps, as panopticapi: the missed crowd is no FN and the
+  # segment lying (wholly) on a crowd of its class is no FP. The 26
+  # non-crowd persons are matched: all 8 classes stay at 100.
+  got = run(crowd_key="crowd")
+  assert got["pq/person"] == pytest.approx(100)
+  assert got["pq"] == pytest.approx(100) and got["n"] == 8
+  # Without them the crowds are ordinary segments: 26 TPs (IoU 1), 2 FNs
+  # (both crowds) and 1 FP (the new segment): PQ_person = 26 / (26 + 3/2),
+  # the other 7 classes stay at 100 (image 1's crowd of horses is predicted
+  # as it is: a TP like the others).
+  got = run()
+  assert got["pq/person"] == pytest.approx(100 * 26 / 27.5)
+  assert got["pq"] == pytest.approx((700 + 100 * 26 / 27.5) / 8)
+  assert got["pq_things"] == pytest.approx((300 + 100 * 26 / 27.5) / 4)
+  assert got["pq_stuff"] == pytest.approx(100)
+  with pytest.raises(KeyError, match="eval batch \\(crowd_key\\)"):
+    run(crowd_key="iscrowd")

@@ -118,7 +118,9 @@ def test_unprepared_dataset_says_where_and_how(tmp_path):
   message = str(e.value)
   assert "'mnist'" in message
   assert str(tmp_path) in message
-  assert "tfds.builder('mnist'" in message and "download_and_prepare()" in message
+  # A command that can be pasted: the path as a string, not a path object.
+  assert (f"tfds.builder('mnist', data_dir='{tmp_path}').download_and_prepare()"
+          in message)
 
 
 def test_unknown_split_lists_the_splits(tfds_data_dir):

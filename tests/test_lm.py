@@ -172,6 +172,26 @@ def test_dropout_only_when_training():
   assert np.abs(trained - evaluated).max() > 1e-3
 
 
+def test_decoder_block_drops_out_as_big_vision():
+  """Dropout after the attentions but not after the MLP (vtt's block)."""
+  block = lm.EncoderDecoderBlock(width=8, mlp_dim=16, num_heads=2,
+                                 dropout_rate=0.5)
+  run = lambda m, x, encoded: m(x, m.cross_kv(encoded), None, 0, None,
+                                deterministic=False)[0]
+  x, encoded = jnp.ones((2, 3, 8)), jnp.ones((2, 5, 8))
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  params = block.init(rngs, x, encoded, method=run)["params"]
+  # No attention output; an MLP whose output is its last bias, which the
+  # MLP's own dropout (before its last Dense) cannot touch.
+  for attention in ("SelfAttn", "CrossAttn"):
+    params[attention]["out"]["kernel"] *= 0
+  params["MLP"]["Dense_1"]["kernel"] *= 0
+  params["MLP"]["Dense_1"]["bias"] = jnp.arange(1.0, 9.0)
+  out = block.apply({"params": params}, x, encoded, method=run,
+                    rngs={"dropout": jax.random.key(2)})
+  np.testing.assert_array_equal(out, x + jnp.arange(1.0, 9.0))
+
+
 def test_bad_inputs_raise():
   _, params, apply = random_lm()
   v = {"params": params}

@@ -253,9 +253,11 @@ def test_works_on_shapes():
     (dict(optax_name="scale_by_nothing"), "scale_by_nothing"),
     (dict(optax_name=None), "optax_name"),
     (dict(lr=None), "lr"),
+    (dict(lr=-1e-3), "config.lr must be positive"),
+    (dict(lr=1e39), "finite in float32"),  # inf in float32.
     (dict(schedule=dict(decay_type="stair")), "stair"),
     (dict(schedule=dict(warmup_step=3)), "warmup_step"),
-    (dict(schedule=dict(warmup_steps=10)), "Warmup"),
+    (dict(schedule=dict(warmup_steps=10)), "Warmup.*config.total_steps"),
     (dict(schedule=[("encoder/.*", {})]), "head/kernel"),
     (dict(schedule=[(".*", None)]), "freezes every"),
     (dict(lr_mults=[("head/(", 2.0)]), "regex"),

@@ -42,18 +42,42 @@ def test_coco_panoptic_on_2x2(run):
   panoptic = _rgb_of_ids([[1, 2 * 65536 + 3 * 256 + 5], [0, 42]])
   objects = {"id": np.array([131845, 1]), "label": np.array([0, 132])}
   out = run("coco_panoptic", panoptic_image=panoptic, panoptic_objects=objects)
-  for k in ("semantics", "instances"):
+  for k in ("semantics", "instances", "crowd"):
     assert out[k].dtype == tf.int32 and out[k].shape == (2, 2, 1)
   np.testing.assert_array_equal(out["semantics"][..., 0], [[133, 1], [0, 0]])
   np.testing.assert_array_equal(out["instances"][..., 0], [[2, 1], [0, 0]])
+  # No `is_crowd` (e.g. a dataset without it): no crowd pixel.
+  np.testing.assert_array_equal(out["crowd"], 0)
+
+
+@pytest.mark.parametrize("run", [_run, _in_tf_data])
+def test_coco_panoptic_crowd_map(run):
+  # Segments 5 (a thing, label 0), 6 (crowd, label 0) and 7 (stuff, label
+  # 120), void (0) and an unlisted id (42), as TFDS gives them (bool
+  # is_crowd).
+  panoptic = _rgb_of_ids([[5, 6, 6], [0, 6, 7], [42, 7, 7]])
+  objects = {"id": np.array([7, 6, 5]), "label": np.array([120, 0, 0]),
+             "is_crowd": np.array([False, True, False])}
+  out = run("coco_panoptic", panoptic_image=panoptic, panoptic_objects=objects)
+  assert out["crowd"].dtype == tf.int32 and out["crowd"].shape == (3, 3, 1)
+  # 1 exactly on segment 6's three pixels; void and unlisted ids are 0.
+  np.testing.assert_array_equal(out["crowd"][..., 0],
+                                [[0, 1, 1], [0, 1, 0], [0, 0, 0]])
+  # The crowd segment is still an ordinary segment (object 2, label 0 + 1)
+  # in the training maps, as in big_vision's op.
+  np.testing.assert_array_equal(out["semantics"][..., 0],
+                                [[1, 1, 1], [0, 1, 121], [0, 121, 121]])
+  np.testing.assert_array_equal(out["instances"][..., 0],
+                                [[3, 2, 2], [0, 2, 1], [0, 1, 1]])
 
 
 def test_coco_panoptic_without_objects_is_all_void():
   out = _run("coco_panoptic", panoptic_image=_rgb_of_ids([[1, 0]]),
              panoptic_objects={"id": np.zeros([0], np.int64),
-                               "label": np.zeros([0], np.int64)})
-  np.testing.assert_array_equal(out["semantics"], [[[0], [0]]])
-  np.testing.assert_array_equal(out["instances"], [[[0], [0]]])
+                               "label": np.zeros([0], np.int64),
+                               "is_crowd": np.zeros([0], bool)})
+  for k in ("semantics", "instances", "crowd"):
+    np.testing.assert_array_equal(out[k], [[[0], [0]]])
 
 
 def _coco_examples():
@@ -67,7 +91,8 @@ def _coco_examples():
     segments = ann["segments_info"]
     objects = {
         "id": np.array([s["id"] for s in segments]),
-        "label": np.array([label_of[s["category_id"]] for s in segments])}
+        "label": np.array([label_of[s["category_id"]] for s in segments]),
+        "is_crowd": np.array([bool(s["iscrowd"]) for s in segments])}
     yield png, objects, segments
 
 
@@ -78,10 +103,15 @@ def test_coco_panoptic_on_real_sample():
     out = _run("decode(key='panoptic_image')|coco_panoptic",
                panoptic_image=png, panoptic_objects=objects)
     semantics, instances = out["semantics"].numpy(), out["instances"].numpy()
+    crowd = out["crowd"].numpy()
     for i, (segment, label) in enumerate(zip(segments, objects["label"])):
       mask = instances == i + 1
       assert mask.sum() == segment["area"]
       assert (semantics[mask] == label + 1).all()
+      assert (crowd[mask] == segment["iscrowd"]).all()
+    # Both images have crowd segments (24295 pixels; 7839 + 421): the crowd
+    # map is their union and nothing else.
+    assert crowd.sum() == sum(s["area"] for s in segments if s["iscrowd"]) > 0
     void = instances == 0
     assert void.sum() == instances.size - sum(s["area"] for s in segments) > 0
     assert (semantics[void] == 0).all() and (semantics[~void] > 0).all()

@@ -148,15 +148,35 @@ def test_num_samples_at_temperature_one(predictor):
   assert other["panoptic"].tobytes() != samples.tobytes()
 
 
+def test_load_takes_a_config_name(predictor, checkpoints):
+  loaded = predict.load(f"{REPO}/configs/uvim_synthetic.py:smoke_stage2",
+                        checkpoints[1])
+  jax.tree.map(np.testing.assert_array_equal, loaded.variables,
+               predictor.variables)
+
+
+def test_cli_output_path_checks(tmp_path):
+  # main() runs them before it reads a checkpoint.
+  for out, match in ((tmp_path / "no" / "out.png", "no folder"),
+                     (tmp_path / "out", "image file name"),
+                     (tmp_path / "out.psd", "image file name")):
+    with pytest.raises(ValueError, match=match):
+      predict._check_out_path(str(out))
+  predict._check_out_path(str(tmp_path / "out.jpg"))
+
+
 def test_cli_writes_the_visualisation(predictor, checkpoints, tmp_path):
   image = _image(40, 56, seed=5)
   Image.fromarray(image).save(tmp_path / "in.png")
-  subprocess.run(
+  run = subprocess.run(
       [sys.executable, "-m", "uvimx.predict",
        "--config", "configs/uvim_synthetic.py:smoke_stage2",
        "--checkpoint", checkpoints[1], "--image", str(tmp_path / "in.png"),
        "--out", str(tmp_path / "out.png"), "--num_samples", "3",
-       "--temperature", "1.0"], cwd=REPO, check=True)
+       "--temperature", "1.0"], cwd=REPO, check=True, capture_output=True,
+      text=True)
+  out = tmp_path / "out.png"
+  assert f"Wrote the panoptic prediction to {out}" in run.stdout
   with Image.open(tmp_path / "out.png") as png:
     assert png.mode == "RGB" and png.size == (3 * 56, 40)  # Side by side.
     written = np.asarray(png)
@@ -176,8 +196,7 @@ def test_predict_imports_no_tensorflow():
     (np.zeros((64, 64), np.uint8), ValueError, "grayscale.*dstack"),
     (np.zeros((64, 64, 1), np.uint8), ValueError, "grayscale"),
     (np.zeros((64, 64, 4), np.uint8), ValueError, r"4 channels.*x\[\.\.\., :3"),
-    (Image.new("RGBA", (8, 8)), ValueError, r"mode 'RGBA'.*convert\('RGB'\)"),
-    (Image.new("L", (8, 8)), ValueError, "mode 'L'"),
+    (Image.new("F", (8, 8)), ValueError, "floating-point.*mode 'F'"),
     (np.zeros((2, 64, 64, 3), np.uint8), ValueError, "one image"),
     (np.zeros((0, 64, 3), np.uint8), ValueError, "empty"),
     ([[0, 0, 0]], TypeError, "list"),
@@ -188,6 +207,60 @@ def test_bad_images_raise(predictor, image, error, match):
     predictor.predict(image)
 
 
+def test_bad_files_and_seeds_raise(predictor, tmp_path):
+  text = tmp_path / "notes.png"
+  text.write_text("not an image")
+  with pytest.raises(ValueError, match="not an image file"):
+    predictor.predict(text)
+  image = _image(8, 8)
+  for seed in (2**31, -1, True, 1.5):
+    with pytest.raises(ValueError,
+                       match=r"seed must be an int in \[0, 2\*\*31\)"):
+      predictor.predict(image, seed=seed)
+
+
+def _pil_image_of_mode(mode, seed=0):
+  """A 37x91 image of PIL `mode`, made from random RGB."""
+  rgb = Image.fromarray(_image(37, 91, seed))
+  if mode == "I;16":  # 16-bit grayscale, the full range.
+    return Image.fromarray(np.random.RandomState(seed).randint(
+        0, 2**16, (37, 91)).astype(np.uint16))
+  return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "LA", "I;16"])
+def test_image_files_are_read_as_the_decode_op_reads_them(mode, tmp_path):
+  # As TFDS and the `decode` op read a dataset's files: 8-bit RGB.
+  path = tmp_path / f"{mode.replace(';', '')}.png"
+  image = _pil_image_of_mode(mode)
+  image.save(path)
+  decode = builder.get_preprocess_fn("decode")
+  expected = decode({"image": open(path, "rb").read()})["image"].numpy()
+  np.testing.assert_array_equal(predict.to_uint8_image(path), expected)
+  np.testing.assert_array_equal(predict.to_uint8_image(image), expected)
+
+
+def test_image_files_are_turned_upright(tmp_path):
+  # A phone photo: stored sideways, with the EXIF orientation 6 ("rotate 90
+  # degrees clockwise to view"): the model sees it as it is viewed.
+  image = Image.fromarray(_image(37, 91))
+  image.save(tmp_path / "stored.jpg")
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  image.save(tmp_path / "photo.jpg", exif=exif)
+  stored = predict.to_uint8_image(tmp_path / "stored.jpg")
+  np.testing.assert_array_equal(predict.to_uint8_image(tmp_path / "photo.jpg"),
+                                np.rot90(stored, k=-1))
+
+
+def test_model_input_is_resized_as_the_pp_resizes(predictor):
+  pp = builder.get_preprocess_fn("resize(64)|value_range(-1, 1)")
+  for height, width in ((75, 100), (300, 200), (37, 91)):
+    image = _image(height, width, seed=height)
+    np.testing.assert_array_equal(predictor.model_input(image),
+                                  pp({"image": image})["image"].numpy())
+
+
 def test_bad_checkpoints_raise(checkpoints):
   stage1, stage2 = checkpoints
   config = uvim_synthetic.get_config("smoke_stage2")
@@ -196,7 +269,7 @@ def test_bad_checkpoints_raise(checkpoints):
   workdir = os.path.dirname(os.path.dirname(stage2))
   with pytest.raises(FileNotFoundError, match=f"'{stage2}'"):
     predict.load(config, workdir)  # Names the step to use.
-  with pytest.raises(ValueError, match="another model"):
+  with pytest.raises(ValueError, match="another model(.|\n)*holds both stages"):
     predict.load(config, stage1)  # A stage-I run's checkpoint.
   wider = uvim_synthetic.get_config("smoke_stage2")
   wider.model.mlp_dim *= 2  # Same tree, other shapes.

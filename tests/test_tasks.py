@@ -67,9 +67,13 @@ def _pixel_logits_to_patches(pixel_logits, patch):
   return out
 
 
-def test_semseg_loss_by_hand_with_ignore_label():
+# Labels outside [0, num_classes) (255 here) count as ignored too: without
+# an ignore_label they would be NaN.
+@pytest.mark.parametrize("ignore_label, ignored", [
+    (255, {255}), (None, {255}), (1, {1, 255})])
+def test_semseg_loss_by_hand_with_ignore_label(ignore_label, ignored):
   config = _config((2, 2), (2, 4), name="semseg", num_classes=3,
-                   ignore_label=255)
+                   ignore_label=ignore_label)
   labels = np.array([[[0, 1, 2, 255], [1, 1, 0, 2]],
                      [[255, 255, 255, 255], [255, 255, 255, 2]]])
   pixel_logits = np.random.RandomState(0).normal(size=(2, 2, 4, 3))
@@ -81,7 +85,7 @@ def test_semseg_loss_by_hand_with_ignore_label():
     nll = []
     for i in range(2):
       for j in range(4):
-        if labels[b, i, j] != 255:
+        if labels[b, i, j] not in ignored:
           z = pixel_logits[b, i, j]
           nll.append(math.log(sum(math.exp(v) for v in z)) - z[labels[b, i, j]])
           correct += int(np.argmax(z) == labels[b, i, j])

@@ -11,6 +11,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
@@ -64,13 +65,14 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tfds_data_dir,
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
 
   # A real preemption: SIGTERM to a running `python train.py` once it has
-  # logged step 3; it must checkpoint the step it is in and exit with 0.
+  # logged step 3; it must checkpoint the step it is in, evaluate it (it
+  # evaluates every step) and exit with 0.
   workdir = str(tmp_path / "b")
   process = subprocess.Popen(
       [sys.executable, "train.py", "--config",
        "configs/synthetic_baseline.py:smoke", "--workdir", workdir,
        f"--config.total_steps={total}", "--config.checkpoint_steps=0",
-       "--config.log_training_steps=1", "--config.evals.val.log_steps=0"],
+       "--config.log_training_steps=1", "--config.evals.val.log_steps=1"],
       cwd=REPO, stderr=subprocess.PIPE, text=True,
       env={**os.environ, "TFDS_DATA_DIR": tfds_data_dir})
   for line in process.stderr:
@@ -81,6 +83,9 @@ def test_resume_after_sigterm_equals_uninterrupted_run(tfds_data_dir,
   assert process.wait(timeout=120) == 0
   stopped, = checkpoint_steps(workdir)
   assert 3 <= stopped < total
+  # The evaluation of the preempted step ran too (the resumed run starts
+  # after it).
+  assert max(scalars(workdir, "val/miou")) == stopped
 
   resumed = train.train_and_evaluate(config, workdir)
   assert checkpoint_steps(workdir) == [total]
@@ -98,7 +103,8 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tfds_data_dir,
   config.input.pp = config.input.pp.replace(
       "value_range(-1, 1)", "value_range(-1, 1, in_min=0, in_max=0)")
   with pytest.raises(train.NonFiniteLossError,
-                     match=r"nan at step 4.*last checkpoint \(3\) is intact"):
+                     match=r"step 4 the training loss is nan.*last "
+                     r"checkpoint \(3\) holds finite values"):
     train.train_and_evaluate(config, workdir)
   assert checkpoint_steps(workdir) == [3]
   # The checkpoint still holds the good parameters (a resume restores them).
@@ -106,6 +112,63 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tfds_data_dir,
   config.total_steps = 3
   assert_trees_equal(train.train_and_evaluate(config, workdir)["params"],
                      good["params"])
+
+
+def test_workdir_and_step_mistakes_raise(tfds_data_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = lambda **kw: smoke_config(tfds_data_dir, evals={}, **kw)
+  train.train_and_evaluate(config(total_steps=3), workdir)
+  # Evaluating (total_steps=0) in the workdir of a run would resume it.
+  with pytest.raises(ValueError, match="step 3, past config.total_steps=0"):
+    train.train_and_evaluate(config(total_steps=0), workdir)
+  # Resuming with another model: named, not orbax's restore error.
+  wider = config(total_steps=5)
+  wider.model.width = 64
+  with pytest.raises(ValueError, match="another config than this one.*"
+                     r"embedding/kernel: checkpoint \(8, 8, 3, 32\), "
+                     r"config \(8, 8, 3, 64\)"):
+    train.train_and_evaluate(wider, workdir)
+  assert checkpoint_steps(workdir) == [3]
+  with pytest.raises(ValueError, match="total_steps=-1 must be >= 0"):
+    train.train_and_evaluate(config(total_steps=-1), str(tmp_path / "new"))
+  # An eval pp giving another image size: found at startup, not mid-run.
+  small = config(total_steps=3)
+  small.evals = synthetic_baseline.get_config("smoke").evals
+  small.evals.val.data.data_dir = tfds_data_dir
+  small.evals.val.pp = small.evals.val.pp.replace("resize(64)", "resize(32)")
+  with pytest.raises(ValueError, match=r"config.evals.val: its pp gives "
+                     r"examples \{'image': 'float32\[32, 32, 3\]'"):
+    train.train_and_evaluate(small, str(tmp_path / "small"))
+  assert not (tmp_path / "small" / "checkpoints").exists() or not (
+      checkpoint_steps(tmp_path / "small"))
+  # 8 devices in the tests (conftest): a batch of 12 does not split evenly.
+  odd = config(total_steps=3)
+  odd.input.batch_size = 12
+  with pytest.raises(ValueError, match="config.input.batch_size=12 is not "
+                     "divisible by the 8 devices"):
+    train.train_and_evaluate(odd, str(tmp_path / "odd"))
+
+
+class _OverflowingTrainer:
+  """loss = 1e30 w: finite, but its gradient 1e30 times an lr of 1e10
+  overflows w to -inf."""
+
+  @staticmethod
+  def loss(params, state, batch, rng):
+    del batch, rng
+    return 1e30 * params["w"].sum(), (state, {})
+
+
+def test_an_update_that_overflows_the_params_is_not_applied():
+  tx = optax.sgd(1e10)
+  params = {"w": jax.numpy.ones(2)}
+  before = {"params": params, "opt": tx.init(params), "state": {},
+            "rng": jax.random.key_data(jax.random.key(0))}
+  after, measurements = train_state.make_train_step(_OverflowingTrainer, tx)(
+      before, {}, 1)
+  assert float(measurements["loss"]) == pytest.approx(2e30)  # Finite.
+  assert bool(measurements["nonfinite"])
+  assert_trees_equal(after, before)
 
 
 def test_total_steps_zero_evaluates_model_init(tfds_data_dir, tmp_path):

@@ -209,7 +209,8 @@ def fake_example(dataset):
     return {"image": rng.integers(0, 256, (48, 64, 3), np.uint8),
             "panoptic_image": panoptic,
             "panoptic_objects": {"id": np.array([9, 7]),
-                                 "label": np.array([120, 0])}}
+                                 "label": np.array([120, 0]),
+                                 "is_crowd": np.array([False, True])}}
   if dataset == "nyu_depth_v2":
     return {"image": rng.integers(0, 256, (480, 640, 3), np.uint8),
             "depth": rng.uniform(0.5, 9, (480, 640)).astype(np.float16)}
@@ -222,10 +223,12 @@ def test_paper_pp_yields_the_input_spec(variant):
   config = uvim_paper.get_config(variant)
   spec = trainers.get_trainer(config).input_spec(1)
   example = fake_example(config.input.data.name)
-  pps = {config.input.pp} | {e.pp for e in config.evals.values()}
-  for pp in pps:
+  # The PQ evaluators' pp also keeps the crowd map, for the evaluator only.
+  pps = {(config.input.pp, None)} | {(e.pp, e.get("crowd_key"))
+                                      for e in config.evals.values()}
+  for pp, crowd_key in pps:
     out = builder.get_preprocess_fn(pp)(dict(example))
-    assert set(out) == set(spec)
+    assert set(out) == set(spec) | ({crowd_key} if crowd_key else set())
     for k, s in spec.items():
       assert (tuple(out[k].shape), out[k].dtype.as_numpy_dtype) == (
           s.shape[1:], s.dtype), (pp, k)
@@ -234,9 +237,14 @@ def test_paper_pp_yields_the_input_spec(variant):
 def test_paper_panoptic_pp_keeps_segments():
   config = uvim_paper.get_config("panoptic_stage1")
   example = fake_example(config.input.data.name)
-  labels = builder.get_preprocess_fn(config.evals.coco_panoptic.pp)(
-      example)["labels"].numpy()
+  out = builder.get_preprocess_fn(config.evals.coco_panoptic.pp)(example)
+  labels = out["labels"].numpy()
   # Semantics: label + 1 (0 void); instances numbered by their centres.
   assert set(np.unique(labels[..., 0])) == {0, 1, 121}
   assert set(np.unique(labels[labels[..., 0] == 1][:, 1])) == {1}
   assert set(np.unique(labels[labels[..., 0] == 121][:, 1])) == {2}
+  # The crowd thing (segment 7) is resized like the labels: the crowd map is
+  # 1 exactly on its pixels, and the PQ evaluators read it.
+  assert out["crowd"].dtype == np.int32 and out["crowd"].shape == (512, 512, 1)
+  np.testing.assert_array_equal(out["crowd"][..., 0], labels[..., 0] == 1)
+  assert config.evals.coco_panoptic.crowd_key == "crowd"

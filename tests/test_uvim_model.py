@@ -71,6 +71,44 @@ def test_reproduces_big_vision_outputs(fixture):
     close(logits[k], io[f"call_logits/{k}"])
 
 
+# Pre-linen module numbers (per block, across types) and stage I's old
+# `Encoder`/`Decoder`, which big_vision's `vit.load` renames.
+_OLD_NAMES = (("params/encoder/", "params/Encoder/"),
+              ("params/decoder/", "params/Decoder/"),
+              ("/LayerNorm_1/", "/LayerNorm_2/"),
+              ("/MultiHeadDotProductAttention_0/",
+               "/MultiHeadDotProductAttention_1/"),
+              ("/MlpBlock_0/", "/MlpBlock_3/"))
+
+
+@needs_fixtures
+def test_reads_older_big_vision_names(fixture, tmp_path):
+  _, variables, _ = fixture
+  with np.load(f"{FIXTURES}/stage1.npz") as npz:
+    arrays = dict(npz)
+  old = {}
+  for name, array in arrays.items():
+    for new_name, old_name in _OLD_NAMES:
+      name = name.replace(new_name, old_name)
+    old[name] = array
+  assert "params/Encoder/encoderblock_0/MlpBlock_3/Dense_0/kernel" in old
+  np.savez(tmp_path / "old.npz", **old)
+  template = jax.tree.map(np.asarray, variables)
+  jax.tree.map(np.testing.assert_array_equal,
+               checkpoint.load_big_vision_npz(str(tmp_path / "old.npz"),
+                                              template), template)
+
+
+def test_unreadable_npz_raises(tmp_path):
+  html, short = tmp_path / "page.npz", tmp_path / "short.npz"
+  html.write_text("<html>404 Not Found</html>")
+  np.savez(short, a=np.zeros(1000))
+  short.write_bytes(short.read_bytes()[:500])  # A download cut short.
+  for path in (html, short):
+    with pytest.raises(ValueError, match="not a readable .npz"):
+      checkpoint.load_big_vision_npz(str(path))
+
+
 @needs_fixtures
 def test_sharded_training_step_like_one_device(fixture):
   model, variables, _ = fixture

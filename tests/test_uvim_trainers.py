@@ -67,6 +67,16 @@ def test_stage1_then_stage2_train(stage1_run, tfds_data_dir, tmp_path):
   # The stage-I model rides along frozen, exactly as stage I left it.
   jax.tree.map(np.testing.assert_array_equal, s2["state"]["oracle"],
                {"params": s1["params"], "state": s1["state"]})
+  # Evaluating the stage-II checkpoint again (total_steps=0, model_init)
+  # needs no config.oracle.checkpoint: the checkpoint holds stage I too.
+  config = smoke_config("smoke_stage2", tfds_data_dir)
+  config.total_steps = 0
+  config.model_init = str(tmp_path / "s2" / "checkpoints" /
+                          str(s2_config.total_steps))
+  evaluated = jax.device_get(
+      train.train_and_evaluate(config, str(tmp_path / "eval")))
+  for key in ("params", "state"):
+    jax.tree.map(np.testing.assert_array_equal, evaluated[key], s2[key])
 
 
 def test_model_init_restores_the_dictionary(stage1_run, tfds_data_dir,
@@ -84,10 +94,18 @@ def test_model_init_restores_the_dictionary(stage1_run, tfds_data_dir,
     jax.tree.map(np.testing.assert_array_equal, evaluated[key], s1[key])
 
 
-def test_stage2_requires_an_oracle_checkpoint(tfds_data_dir, tmp_path):
+def test_stage2_requires_its_oracle_checkpoint(stage1_run, tfds_data_dir,
+                                               tmp_path):
   config = smoke_config("smoke_stage2", tfds_data_dir)
   with pytest.raises(ValueError, match="config.oracle.checkpoint"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path / "none"))
+  # The stage-I run's checkpoint, with another stage-I model config: the
+  # error names the field.
+  config = smoke_config("smoke_stage2", tfds_data_dir, stage1_run[1])
+  config.oracle.model.width = 64
+  with pytest.raises(ValueError, match=r"^config.oracle.checkpoint: "
+                     "Checkpoint .* holds params of another model"):
+    train.train_and_evaluate(config, str(tmp_path / "wider"))
 
 
 def test_stage2_vocab_must_fit_the_oracle():
@@ -252,11 +270,13 @@ def test_encoder_init_fixes_old_vit_checkpoints_and_resamples(tmp_path):
       np.testing.assert_array_equal(flat[name], value)
 
 
-def test_encoder_from_base_model_computes_its_zero_code_features():
+@pytest.mark.parametrize("codeword_dim", [8, None])  # None: the width, 32.
+def test_encoder_from_base_model_computes_its_zero_code_features(codeword_dim):
   """The LM's encoder, initialised from a random stage-I base model (random
   biases, so the zero code's tokens are not zero), computes the base model's
   decoder features for an all-zero code on any image."""
   config = uvim_synthetic.get_config("smoke_stage2")
+  config.oracle.model.codeword_dim = codeword_dim
   config.encoder_from_base_model = True
   trainer = trainers.get_trainer(config)
   rng = np.random.default_rng(0)
@@ -272,7 +292,7 @@ def test_encoder_from_base_model_computes_its_zero_code_features():
       trainer.oracle.model, stage1, randomize(variables["params"]))
 
   model = trainer.oracle.model
-  zero_code = jnp.zeros((2, model.code_len, model.codeword_dim))
+  zero_code = jnp.zeros((2, model.code_len, model.codeword_size))
   _, inter = model.apply(
       stage1, zero_code, ctx=batch["image"], method=model.decode,
       capture_intermediates=lambda module, _: module.name == "decoder",

@@ -6,6 +6,7 @@ checkpoint into a temporary directory and renames it when complete, so a
 crash while writing leaves the previous checkpoint as the latest valid one.
 """
 import os
+import zipfile
 
 from flax import traverse_util
 import jax
@@ -51,8 +52,29 @@ def restore(mngr, step, abstract_state):
 
   Returns:
     The train state.
+
+  Raises:
+    ValueError: the checkpoint holds another train state (a workdir of
+      another config), rather than orbax's error deep in the restore.
   """
+  path = os.path.join(os.fspath(mngr.directory), str(step))
+  saved = ocp.StandardCheckpointer().metadata(
+      os.path.join(path, "default")).item_metadata
+  if wrong := _shape_mismatches(saved, abstract_state):
+    raise ValueError(
+        f"The workdir's checkpoint {path!r} holds the train state of another "
+        "config than this one: resume it with the config it was trained "
+        "with, or give a new --workdir. It differs in: " + "; ".join(wrong[:5]))
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _shape_mismatches(saved, abstract):
+  """"name: checkpoint shape, config shape" for every leaf that differs."""
+  shapes = lambda tree: {k: tuple(x.shape) for k, x in utils.named_leaves(tree)}
+  ours, theirs = shapes(abstract), shapes(saved)
+  return sorted(f"{k}: checkpoint {theirs.get(k)}, config {ours.get(k)}"
+                for k in set(ours) | set(theirs)
+                if ours.get(k) != theirs.get(k))
 
 
 def load_variables(path, abstract_variables):
@@ -81,13 +103,7 @@ def load_variables(path, abstract_variables):
   saved = checkpointer.restore(item, target)
   loaded = {}
   for name, abstract in abstract_variables.items():
-    shapes = lambda tree: {k: tuple(x.shape)
-                           for k, x in utils.named_leaves(tree)}
-    ours, theirs = shapes(abstract), shapes(saved.get(name, {}))
-    wrong = sorted(f"{k}: checkpoint {theirs.get(k)}, config {ours.get(k)}"
-                   for k in set(ours) | set(theirs)
-                   if ours.get(k) != theirs.get(k))
-    if wrong:
+    if wrong := _shape_mismatches(saved.get(name, {}), abstract):
       raise ValueError(
           f"Checkpoint {path!r} holds {name} of another model than the "
           "config's (give the config it was trained with): "
@@ -102,6 +118,7 @@ def load_big_vision_npz(path, template=None):
 
   big_vision's UViM trainers write stage I as {"params", "state"} and stage II
   as {"params"}, plus "opt/..." and "chrono/..." keys that a loader ignores.
+  Older names are renamed as big_vision's loaders do (`_modern_names`).
 
   Args:
     path: the .npz file.
@@ -113,12 +130,23 @@ def load_big_vision_npz(path, template=None):
   Returns:
     A nested dict of numpy arrays; with a template, only its top-level keys
     (so "opt" and "chrono" are dropped).
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    ValueError: the file is not a readable .npz, or does not fit `template`.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No big_vision checkpoint at {path!r}.")
-  with np.load(path, allow_pickle=False) as npz:
-    flat = {k: npz[k] for k in npz.files}
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      flat = {k: npz[k] for k in npz.files}
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(
+        f"{path!r} is not a readable .npz checkpoint ({e}). A download that "
+        "stopped short or saved an error page? Fetch the file again.") from None
+  tree = _modern_names(traverse_util.unflatten_dict(flat, sep="/"))
   if template is not None:
+    flat = traverse_util.flatten_dict(tree, sep="/")
     expected = dict(utils.named_leaves(template))
     top = {name.split("/")[0] for name in expected}
     flat = {k: v for k, v in flat.items() if k.split("/")[0] in top}
@@ -133,4 +161,36 @@ def load_big_vision_npz(path, template=None):
           "that the model config matches the checkpoint's):\n"
           f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n"
           f"  wrong shapes: {wrong_shape}")
-  return traverse_util.unflatten_dict(flat, sep="/")
+    tree = {k: v for k, v in tree.items() if k in top}
+  return tree
+
+
+def _modern_names(tree):
+  """Older big_vision names, as its UViM loaders (`vit.load`, `vtt.load`)
+  rename them: pre-linen module numbers, and stage I's `Encoder` and
+  `Decoder` (now `encoder`, `decoder`)."""
+  tree = _renumber_pre_linen(tree)
+  params = tree.get("params")
+  if isinstance(params, dict) and "Encoder" in params:
+    params["encoder"] = params.pop("Encoder")
+    params["decoder"] = params.pop("Decoder")
+  return tree
+
+
+def _renumber_pre_linen(tree):
+  """Pre-linen names count submodules of all types (`MlpBlock_3` after
+  `LayerNorm_0`, `..._1`, `LayerNorm_2`); linen counts per type (`MlpBlock_0`).
+  As flax's `convert_pre_linen`, which would import TensorFlow here."""
+  if not isinstance(tree, dict):
+    return tree
+  renamed, numbered = {}, {}
+  for key, value in tree.items():
+    prefix, _, index = key.rpartition("_")
+    if prefix and index.isdigit():
+      numbered.setdefault(prefix, []).append((int(index), value))
+    else:
+      renamed[key] = _renumber_pre_linen(value)
+  for prefix, values in numbered.items():
+    for i, (_, value) in enumerate(sorted(values, key=lambda v: v[0])):
+      renamed[f"{prefix}_{i}"] = _renumber_pre_linen(value)
+  return renamed

@@ -22,6 +22,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _keep_mask(logits, top_k, top_p):
@@ -35,7 +36,8 @@ def _keep_mask(logits, top_k, top_p):
     top_k: keep the k most likely tokens; 0 keeps all.
     top_p: keep the smallest set of most likely tokens whose probability
       reaches top_p (the most likely token, whose preceding mass 0 is below
-      any top_p > 0, always); 0 keeps all.
+      any top_p > 0, always); 0 or 1 keeps all (at 1 the float32 cumulative
+      sum would reach 1 before the last tokens and drop them).
 
   Returns:
     A boolean (R, V) mask.
@@ -44,7 +46,7 @@ def _keep_mask(logits, top_k, top_p):
   threshold = sorted_logits[:, -1:]
   if top_k:
     threshold = jnp.maximum(threshold, sorted_logits[:, top_k - 1:top_k])
-  if top_p:
+  if 0 < top_p < 1:
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     last = jnp.sum(mass_before < top_p, axis=-1, keepdims=True) - 1
@@ -73,9 +75,10 @@ def _check_options(model, num_samples, temperature, top_k, top_p, cached,
   """Raises a ValueError naming the first bad sampling option."""
   if soft_tokens and not cached:
     raise ValueError("soft_tokens need the cached decoder (cached=True).")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-  if temperature < 0:
+  if (not isinstance(num_samples, (int, np.integer))
+      or isinstance(num_samples, bool) or num_samples < 1):
+    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+  if not temperature >= 0:  # Also refuses NaN.
     raise ValueError(f"temperature must be >= 0 (0: greedy), got "
                      f"{temperature}.")
   if not 0 <= top_k <= model.vocab_size:

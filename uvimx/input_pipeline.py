@@ -67,18 +67,18 @@ def get_builder(name, data_dir=None):
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
     builder.download_and_prepare()
     return builder
+  root = str(builder.data_dir_root)  # A path object's repr is no path.
   if ours:
-    how = (f"`python -m uvimx.datasets {name} --data_dir="
-           f"{builder.data_dir_root} --manual_dir=DIR` (the files DIR must "
-           f"hold: {module})")
+    how = (f"`python -m uvimx.datasets {name} --data_dir={root} "
+           f"--manual_dir=DIR` (the files DIR must hold: {module})")
   else:
-    how = (f"`tfds.builder({name!r}, data_dir={builder.data_dir_root!r})"
+    how = (f"`tfds.builder({name!r}, data_dir={root!r})"
            ".download_and_prepare()` (on a machine with internet access or "
            "the raw data; manual downloads go to "
-           f"{os.path.join(builder.data_dir_root, 'downloads', 'manual')!r})")
+           f"{os.path.join(root, 'downloads', 'manual')!r})")
   raise FileNotFoundError(
-      f"Dataset {name!r} is not prepared in the TFDS data dir "
-      f"{builder.data_dir_root!r}. Build it once with {how}, or point "
+      f"Dataset {name!r} is not prepared in the TFDS data dir {root!r}. "
+      f"Build it once with {how}, or point "
       "config.input.data.data_dir (or $TFDS_DATA_DIR) to a dir that holds "
       "it.")
 

@@ -38,6 +38,7 @@ import re
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from uvimx import utils
@@ -140,8 +141,9 @@ def create_schedule(schedule, *, total_steps, data_size=None,
                          default=0)
   # Runs of 0 or 1 steps (eval only, debugging) may keep the config's warmup.
   if total_steps > 1 and warmup >= total_steps:
-    raise ValueError(f"Warmup ({warmup} steps) must be shorter than training "
-                     f"({total_steps} steps).")
+    raise ValueError(f"Warmup ({warmup} steps, config.schedule's warmup_*) "
+                     f"must be shorter than training ({total_steps} steps, "
+                     "config.total_steps or total_epochs).")
 
   def fn(step):
     step = jnp.asarray(step, jnp.float32)
@@ -177,6 +179,9 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
   """
   if (lr := config.get("lr")) is None:
     raise ValueError("The config needs an lr.")
+  if not 0 < np.float32(lr) < np.inf:  # As the optimizer computes it.
+    raise ValueError(f"config.lr must be positive and finite in float32, not "
+                     f"{lr}.")
   schedule = config.get("schedule", {})
   if not isinstance(schedule, (list, tuple)):
     schedule = [(".*", schedule)]

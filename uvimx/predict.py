@@ -21,25 +21,32 @@ From Python:
   samples = predictor.predict(image, num_samples=4, temperature=1.0)
   rgb = predict.visualize(samples)          # uint8 (H, 4 W, 3)
 
-An image is a path, a PIL image or a uint8 array (H, W, 3) of any size. It
-is made what the config's pp makes of a dataset image: resized to
-`config.model.input_size` (PIL bilinear), grayscale if the pp has
-`rgb_to_grayscale_to_rgb` (colorization, whose models then also take (H, W)
-grayscale images) and scaled to [-1, 1]. The prediction is resized back to
-(H, W): nearest for integer outputs (labels), bilinear for real ones. The
-codes are sampled and decoded by the stage-II trainer's own functions: on an
-image of the input size, a prediction is exactly what its evaluators see.
+An image is a path, a PIL image or a uint8 array (H, W, 3) of any size. A
+file or PIL image is read as the `decode` pp op reads a dataset image, 8-bit
+RGB: grayscale repeated in 3 channels, alpha dropped, palettes expanded,
+16-bit values cut to their high byte; a file is also turned upright by its
+EXIF orientation, as a photo viewer shows it. The image is then made what
+the config's pp makes of a dataset image: resized to
+`config.model.input_size` (bilinear, no antialiasing, as the pp's `resize`),
+grayscale if the pp has `rgb_to_grayscale_to_rgb` (colorization, whose
+models then also take (H, W) grayscale arrays) and scaled to [-1, 1]. The
+prediction is resized back to (H, W): nearest for integer outputs (labels),
+bilinear for real ones. The codes are sampled and decoded by the stage-II
+trainer's own functions: on an image of the input size, a prediction is
+exactly what its evaluators see.
 """
 import importlib.util
 import os
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from uvimx import checkpoint as checkpoint_lib
 from uvimx.datasets.synthetic_scenes import visualize as scenes_vis
@@ -68,8 +75,9 @@ def load(config, checkpoint, *, stage1=None):
   """A Predictor for a stage-II config and its trained weights.
 
   Args:
-    config: the stage-II config the weights were trained with (e.g.
-      configs/uvim_synthetic.py:panoptic_stage2): model, task, sampling.
+    config: the stage-II config the weights were trained with, a ConfigDict
+      or its "path.py:variant" (e.g.
+      "configs/uvim_synthetic.py:panoptic_stage2"): model, task, sampling.
     checkpoint: a uvimx stage-II step directory, "WORKDIR/checkpoints/N",
       which holds the LM and the frozen stage-I model; or big_vision's
       stage-II .npz, which holds only the LM.
@@ -85,6 +93,8 @@ def load(config, checkpoint, *, stage1=None):
     ValueError: the config is not a stage-II config, a checkpoint holds
       another model than the config's, or the stage-I weights are missing.
   """
+  if isinstance(config, str):
+    config = get_config(config)
   if config.get("trainer") != "uvim_stage2":
     raise ValueError(
         f"uvimx.predict needs a stage-II config (trainer 'uvim_stage2'), "
@@ -99,7 +109,13 @@ def load(config, checkpoint, *, stage1=None):
       raise ValueError(
           "stage1 is for big_vision .npz checkpoints only: a uvimx stage-II "
           f"checkpoint ({checkpoint!r}) holds its stage-I model.")
-    return Predictor(trainer, _load_step(checkpoint, abstract))
+    try:
+      variables = _load_step(checkpoint, abstract)
+    except ValueError as e:
+      raise ValueError(
+          f"{e}\nA stage-II run's checkpoint holds both stages; a stage-I "
+          "run's alone cannot predict.") from None
+    return Predictor(trainer, variables)
   stage1 = stage1 or config.oracle.get("checkpoint")
   if not stage1:
     raise ValueError(
@@ -171,8 +187,11 @@ class Predictor:
     pixels = to_uint8_image(image, grayscale_ok=self.grayscale)
     height, width = self.input_size
     if pixels.shape[:2] != (height, width):
-      pixels = np.asarray(Image.fromarray(pixels).resize(
-          (width, height), Image.BILINEAR))
+      # The pp's `resize`: tf.image.resize's bilinear (half-pixel centres,
+      # no antialiasing), rounded back to uint8.
+      resized = jax.image.resize(pixels.astype(np.float32),
+                                 (height, width, 3), "linear", antialias=False)
+      pixels = np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
     if self.grayscale:
       pixels = _grayscale(pixels)
     # value_range(-1, 1), in its float32 order of operations.
@@ -184,14 +203,15 @@ class Predictor:
     """The task's prediction for one image, at the image's size.
 
     Args:
-      image: a path, a PIL image (mode RGB) or a uint8 array (H, W, 3); for
-        a grayscale-input model (colorization) also (H, W) or mode L.
+      image: a path, a PIL image or a uint8 array (H, W, 3) (see the module
+        docstring); for a grayscale-input model (colorization) also (H, W).
       num_samples: None: one prediction; N: N predictions, each from its own
         sampled code (a leading axis N).
       temperature: of the code sampling; None: config.sampling's (0,
         greedy, in the synthetic_scenes configs), as the evaluators use.
-      seed: int seed of the sampling; None derives it from the image, as
-        the evaluators do, so that an image always gets the same samples.
+      seed: int seed of the sampling, in [0, 2**31); None derives it from
+        the image, as the evaluators do, so that an image always gets the
+        same samples.
 
     Returns:
       {name: numpy array}, the task's `predict_outputs` for the image
@@ -202,8 +222,12 @@ class Predictor:
     Raises:
       FileNotFoundError: no image file at the path.
       TypeError: `image` is none of the above.
-      ValueError: the image is not uint8, not RGB, or empty.
+      ValueError: the image is none of the above (see `to_uint8_image`), or
+        a sampling argument is out of range.
     """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(
+        seed, (int, np.integer)) or not 0 <= seed < 2**31):
+      raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}.")
     pixels = to_uint8_image(image, grayscale_ok=self.grayscale)
     images = self.model_input(pixels)[None]
     seeds = None if seed is None else jnp.array([seed], jnp.int32)
@@ -222,9 +246,11 @@ def to_uint8_image(image, grayscale_ok=False):
   """uint8 (H, W, 3) RGB from a path, PIL image or array; clear errors.
 
   Args:
-    image: a path, a PIL image or a numpy array.
-    grayscale_ok: also take grayscale images, (H, W), (H, W, 1) or mode L,
-      and repeat them in 3 channels.
+    image: a path or a PIL image (read as the `decode` pp op reads a file:
+      see the module docstring), or a numpy array.
+    grayscale_ok: also take grayscale arrays, (H, W) or (H, W, 1), and
+      repeat them in 3 channels. (An array of another shape is refused: its
+      layout is not known, where a file's or PIL image's mode says it.)
 
   Returns:
     The uint8 (H, W, 3) array.
@@ -232,47 +258,62 @@ def to_uint8_image(image, grayscale_ok=False):
   Raises:
     FileNotFoundError: no file at the path.
     TypeError: `image` is none of the above.
-    ValueError: not uint8, not RGB (or grayscale, if grayscale_ok), empty.
+    ValueError: not an image file, a floating-point image, an array not
+      uint8 or not RGB (or grayscale, if grayscale_ok), or empty.
   """
   rgb = "(H, W, 3)" + (" or grayscale (H, W)" if grayscale_ok else "")
   if isinstance(image, (str, os.PathLike)):
-    if not os.path.isfile(image):
-      raise FileNotFoundError(f"No image file at {os.fspath(image)!r}.")
-    with Image.open(image) as pil:
-      return to_uint8_image(pil, grayscale_ok)
+    path = os.fspath(image)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"No image file at {path!r}.")
+    try:
+      pil = Image.open(path)
+    except Image.UnidentifiedImageError:
+      raise ValueError(f"{path!r} is not an image file that PIL can read "
+                       "(PNG, JPEG, ...).") from None
+    with pil:
+      return to_uint8_image(ImageOps.exif_transpose(pil), grayscale_ok)
   if isinstance(image, Image.Image):
-    modes = ("RGB", "L") if grayscale_ok else ("RGB",)
-    if image.mode not in modes:
-      raise ValueError(
-          f"The image has PIL mode {image.mode!r}; this model takes "
-          f"{' or '.join(modes)}: convert it, image.convert('RGB').")
-    image = np.asarray(image)
+    image = _rgb_array(image)
   if not isinstance(image, np.ndarray):
     raise TypeError(f"Give an image path, a PIL image or a uint8 numpy array "
                     f"{rgb}, not {type(image).__name__}.")
   if image.dtype != np.uint8:
     raise ValueError(
-        f"The image array is {image.dtype}; give uint8 values in [0, 255], "
+        f"The image array is {image.dtype}; give uint8 values in [0, 255]: "
         "e.g. np.round(np.clip(x, 0, 1) * 255).astype(np.uint8) for an "
-        "image x in [0, 1].")
+        "image x in [0, 1], np.clip(np.round(x), 0, 255).astype(np.uint8) "
+        "for one in [0, 255].")
   shape = image.shape
   if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
     if not grayscale_ok:
       raise ValueError(
           f"The image is grayscale, shape {shape}; this model takes RGB "
-          "(H, W, 3): repeat the channel, np.dstack([x] * 3), or use PIL's "
-          "image.convert('RGB').")
+          "(H, W, 3): repeat the channel, np.dstack([x] * 3).")
     image = np.dstack([image] * 3)
   elif len(shape) == 3 and shape[2] == 4:
     raise ValueError(
         f"The image has 4 channels (RGBA?), shape {shape}; this model takes "
-        f"RGB {rgb}: drop the alpha channel, x[..., :3], or use PIL's "
-        "image.convert('RGB').")
+        f"RGB {rgb}: drop the alpha channel, x[..., :3].")
   elif len(shape) != 3 or shape[2] != 3:
     raise ValueError(f"The image has shape {shape}; give one image {rgb}.")
   if not image.size:
     raise ValueError(f"The image is empty, shape {shape}.")
   return image
+
+
+def _rgb_array(pil):
+  """uint8 (H, W, 3) of a PIL image, as tf.io.decode_image(channels=3)."""
+  if pil.mode == "F":
+    raise ValueError(
+        "The image has floating-point pixels (PIL mode 'F'); give an 8-bit "
+        "image, e.g. Image.fromarray(np.clip(np.round(x), 0, 255)"
+        ".astype(np.uint8)).")
+  if pil.mode.startswith("I"):  # 16-bit ("I;16...") or 32-bit integers.
+    # As decode_png makes 16-bit files 8-bit: the high byte.
+    high = np.clip(np.asarray(pil, np.int64), 0, 65535) >> 8
+    return np.dstack([high.astype(np.uint8)] * 3)
+  return np.asarray(pil.convert("RGB"))
 
 
 def _grayscale(rgb):
@@ -338,13 +379,28 @@ def visualize(outputs, depth_range=None):
   return np.concatenate(list(pictures), axis=1)
 
 
+def _check_out_path(path):
+  """Raises a ValueError if PIL cannot write `path`, before any work."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"--out {path!r}: no folder {folder!r}; create it first.")
+  extension = os.path.splitext(path)[1].lower()
+  if Image.registered_extensions().get(extension) not in Image.SAVE:
+    raise ValueError(f"--out {path!r}: give an image file name PIL can "
+                     "write, e.g. ending in .png or .jpg.")
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
+  _check_out_path(f.out)
+  # Orbax logs each restore at INFO and WARNING; the output is the picture.
+  logging.set_verbosity(logging.ERROR)
   predictor = load(f.config, f.checkpoint, stage1=f.stage1)
   outputs = predictor.predict(f.image, num_samples=f.num_samples,
                               temperature=f.temperature, seed=f.seed)
   Image.fromarray(visualize(outputs)).save(f.out)
+  print(f"Wrote the {' and '.join(outputs)} prediction to {f.out}.")
 
 
 if __name__ == "__main__":

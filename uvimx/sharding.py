@@ -76,6 +76,14 @@ def make_mesh(mesh_config, devices=None):
                        axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
+def check_batch_size(batch_size, mesh, what):
+  """Raises unless `batch_size` (named `what`) splits evenly over the mesh."""
+  if batch_size % mesh.size:
+    raise ValueError(f"{what}={batch_size} is not divisible by the "
+                     f"{mesh.size} devices of the mesh: every batch is split "
+                     f"evenly over them. Give a multiple of {mesh.size}.")
+
+
 def batch_sharding(mesh):
   """Leading (batch) axis split over all mesh axes."""
   return NamedSharding(mesh, P(mesh.axis_names))

@@ -62,9 +62,7 @@ class ConvVqvae:
     return self.vqvae.init(rng, batch)
 
   def load(self, variables):
-    return checkpoint.load_variables(
-        _checkpoint_path(self.checkpoint, self.checkpoint_field),
-        jax.eval_shape(lambda: variables))
+    return _load(self.checkpoint, self.checkpoint_field, variables)
 
   def encode_labels(self, variables, labels):
     """Labels (N, ...) in task units -> (N, L) int32 codes."""
@@ -118,10 +116,7 @@ class Uvim:
                            ctx=batch["image"])
 
   def load(self, variables):
-    path = _checkpoint_path(self.checkpoint, self.checkpoint_field)
-    if path.endswith(".npz"):
-      return checkpoint.load_big_vision_npz(path, template=variables)
-    return checkpoint.load_variables(path, jax.eval_shape(lambda: variables))
+    return _load(self.checkpoint, self.checkpoint_field, variables)
 
   def encode(self, variables, batch):
     _, out = self.model.apply(
@@ -156,13 +151,20 @@ class Uvim:
 _KINDS = {"conv_vqvae": ConvVqvae, "uvim": Uvim}
 
 
-def _checkpoint_path(path, field):
+def _load(path, field, variables):
+  """`variables` from the checkpoint `path` that config field `field` gives:
+  a uvimx step directory or (UViM's stage I) a big_vision .npz."""
   if not path:
     raise ValueError(
         f"The LM needs its trained stage-I model: set {field} to a step "
         "directory WORKDIR/checkpoints/N of the run that trained it (UViM's "
         "stage I: or a big_vision .npz).")
-  return path
+  try:
+    if path.endswith(".npz"):
+      return checkpoint.load_big_vision_npz(path, template=variables)
+    return checkpoint.load_variables(path, jax.eval_shape(lambda: variables))
+  except ValueError as e:  # Which of the config's checkpoints it is.
+    raise ValueError(f"{field}: {e}") from None
 
 
 def get(config, checkpoint_field="the tokenizer's checkpoint"):

@@ -153,8 +153,10 @@ class EncoderDecoderBlock(nn.Module):
     y = self.CrossAttn(y, *cross_kv, deterministic=deterministic)
     x = x + drop(y.reshape(r, q, e))
 
+    # No dropout on the MLP's output, as big_vision's vtt block (the MLP
+    # drops out inside).
     y = self.MLP(self.LayerNorm3(x), deterministic=deterministic)
-    return x + drop(y), (k, v)
+    return x + y, (k, v)
 
 
 class Decoder(nn.Module):

@@ -159,7 +159,7 @@ class Model(nn.Module):
           "bottleneck_downsample", init, (num_tokens, self.code_len))
       self.bottleneck_upsample = self.param(
           "bottleneck_upsample", init, (self.code_len, num_tokens))
-    self.encoder_head = nn.Dense(self.codeword_dim or self.width)
+    self.encoder_head = nn.Dense(self.codeword_size)
     self.decoder_stem = nn.Dense(self.width)
 
     # A random unit-scale start; counts of 1 make it the initial codebook.
@@ -167,9 +167,14 @@ class Model(nn.Module):
     self.dictionary = self.variable(
         "state", "dictionary",
         lambda: normal(self.make_rng("state"),
-                       (self.dict_size, self.codeword_dim or self.width)))
+                       (self.dict_size, self.codeword_size)))
     self.counts = self.variable("state", "counts", jnp.ones,
                                 (self.dict_size,))
+
+  @property
+  def codeword_size(self):
+    """The codewords' dimension (`codeword_dim`, or None: `width`)."""
+    return self.codeword_dim or self.width
 
   def _check_config(self):
     """Raises on argument combinations big_vision would silently misread."""
@@ -290,7 +295,7 @@ class Model(nn.Module):
     when the whole code is zero (dropped by code dropout, or
     `zero_decoder_seq`): the code tokens of zero vectors plus the position
     embeddings."""
-    zeros = jnp.zeros((1, self.code_len, self.codeword_dim))
+    zeros = jnp.zeros((1, self.code_len, self.codeword_size))
     return self.code_tokens(zeros) + self.pos_embedding_decoder
 
   def __call__(self, x, *, ctx=None, train=False, update_dict=True):

@@ -89,35 +89,16 @@ def resample_posemb(old, num_tokens):
   return grid.reshape(1, num_tokens, -1)
 
 
-def _renumber_pre_linen(tree):
-  """Pre-linen names count submodules of all types (`MlpBlock_3` after
-  `LayerNorm_0`, `..._1`, `LayerNorm_2`); linen counts per type (`MlpBlock_0`).
-  As flax's `convert_pre_linen`, which would import TensorFlow here."""
-  if not isinstance(tree, dict):
-    return tree
-  renamed, numbered = {}, {}
-  for key, value in tree.items():
-    prefix, _, index = key.rpartition("_")
-    if prefix and index.isdigit():
-      numbered.setdefault(prefix, []).append((int(index), value))
-    else:
-      renamed[key] = _renumber_pre_linen(value)
-  for prefix, values in numbered.items():
-    for i, (_, value) in enumerate(sorted(values, key=lambda v: v[0])):
-      renamed[f"{prefix}_{i}"] = _renumber_pre_linen(value)
-  return renamed
-
-
 def fix_old_checkpoint(params):
   """A ViT checkpoint of older big_vision / vision_transformer layouts, fixed.
 
-  As big_vision's `fix_old_checkpoints`: pre-linen module numbering (e.g.
-  `MlpBlock_3` -> `MlpBlock_0`); position embeddings stored under
-  `Transformer/posembed_input` or `Transformer` moved to the top; and a
-  class token's embedding stored as the first of N^2 + 1 position
+  As big_vision's `fix_old_checkpoints`, less the pre-linen module numbers,
+  which `checkpoint.load_big_vision_npz` fixes: position embeddings stored
+  under `Transformer/posembed_input` or `Transformer` moved to the top; and
+  a class token's embedding stored as the first of N^2 + 1 position
   embeddings split off (added to `cls` where there is one).
   """
-  params = _renumber_pre_linen(params)
+  params = dict(params)
   transformer = dict(params.get("Transformer", {}))
   if "posembed_input" in transformer:
     params["pos_embedding"] = transformer.pop("posembed_input")["pos_embedding"]

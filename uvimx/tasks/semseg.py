@@ -1,7 +1,9 @@
 """Semantic segmentation: one class per pixel, softmax cross-entropy.
 
 Labels: `batch["semantics"]`, int (B, H, W, 1) class ids in [0, num_classes),
-or `ignore_label` for pixels that neither count in the loss nor are scored.
+or `ignore_label` for pixels that neither count in the loss nor are scored;
+ids outside [0, num_classes) are ignored too (as panoptic's void), where
+they would otherwise make the loss NaN.
 Model output: "semantics" logits (B, num_patches, num_classes, patch_pixels).
 Model input (UViM oracle): "semantics", the labels one-hot in the same layout;
 ignored pixels are all zero.
@@ -31,10 +33,11 @@ def label_spec(config):
 def targets(batch, config):
   """Labels -> (class ids, valid mask), both (B, num_patches, patch_pixels)."""
   labels = common.to_patches(batch["semantics"], config)[:, :, 0]
-  ignore_label = _args(config)["ignore_label"]
-  if ignore_label is None:
-    return labels, jnp.ones(labels.shape, bool)
-  return labels, labels != ignore_label
+  args = _args(config)
+  valid = (labels >= 0) & (labels < args["num_classes"])
+  if args["ignore_label"] is not None:
+    valid &= labels != args["ignore_label"]
+  return labels, valid
 
 
 def model_inputs(batch, config):
