@@ -80,7 +80,7 @@ def _raise_if_nonfinite(history, last_checkpoint, config):
     if bool(measurements["nonfinite"]):
       loss = float(measurements["loss"])
       what = (f"the training loss is {loss}" if not np.isfinite(loss) else
-              f"its update (loss {loss:.4g}) made the parameters non-finite")
+              f"its update (loss {loss:.4g}) is not finite")
       clip = ("" if config.get("grad_clip_norm") else
               ", set config.grad_clip_norm")
       raise NonFiniteLossError(
