@@ -179,7 +179,7 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
   """
   if (lr := config.get("lr")) is None:
     raise ValueError("The config needs an lr.")
-  if not 0 < np.float32(lr) < np.inf:  # As the optimizer computes it.
+  if not 0 < lr <= float(np.finfo(np.float32).max):  # Computed in float32.
     raise ValueError(f"config.lr must be positive and finite in float32, not "
                      f"{lr}.")
   schedule = config.get("schedule", {})
