@@ -16,6 +16,11 @@ import orbax.checkpoint as ocp
 from uvimx import utils
 
 
+# The directory of the train state in a step directory: the manager's one
+# item, which orbax names "default".
+_ITEM = "default"
+
+
 def manager(workdir, config):
   """The run's CheckpointManager in `workdir/checkpoints`.
 
@@ -58,14 +63,18 @@ def restore(mngr, step, abstract_state):
       another config), rather than orbax's error deep in the restore.
   """
   path = os.path.join(os.fspath(mngr.directory), str(step))
-  saved = ocp.StandardCheckpointer().metadata(
-      os.path.join(path, "default")).item_metadata
-  if wrong := _shape_mismatches(saved, abstract_state):
+  if wrong := _shape_mismatches(_saved_metadata(os.path.join(path, _ITEM)),
+                                abstract_state):
     raise ValueError(
         f"The workdir's checkpoint {path!r} holds the train state of another "
         "config than this one: resume it with the config it was trained "
         "with, or give a new --workdir. It differs in: " + "; ".join(wrong[:5]))
   return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _saved_metadata(item):
+  """The saved tree's array metadata (shapes, dtypes), read without data."""
+  return ocp.StandardCheckpointer().metadata(item).item_metadata
 
 
 def _shape_mismatches(saved, abstract):
@@ -88,29 +97,27 @@ def load_variables(path, abstract_variables):
   Returns:
     {item: tree}, placed like `abstract_variables`.
   """
-  item = os.path.join(path, "default")
+  item = os.path.join(path, _ITEM)
   if not os.path.isdir(item):
     raise FileNotFoundError(
         f"{path!r} is not a uvimx checkpoint (no {item!r}); give a step "
         "directory such as WORKDIR/checkpoints/1000.")
-  checkpointer = ocp.StandardCheckpointer()
-  # Onto one local device first: the checkpoint may come from another device
-  # count or host (e.g. a GPU run), whose saved shardings do not exist here.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      checkpointer.metadata(item).item_metadata)
-  saved = checkpointer.restore(item, target)
-  loaded = {}
-  for name, abstract in abstract_variables.items():
-    if wrong := _shape_mismatches(saved.get(name, {}), abstract):
+  metadata = _saved_metadata(item)
+  for name, abstract in abstract_variables.items():  # Before any data is read.
+    if wrong := _shape_mismatches(metadata.get(name, {}), abstract):
       raise ValueError(
           f"Checkpoint {path!r} holds {name} of another model than the "
           "config's (give the config it was trained with): "
           + "; ".join(wrong[:5]))
-    loaded[name] = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding),
-                                saved[name], abstract)
-  return loaded
+  # Onto one local device first: the checkpoint may come from another device
+  # count or host (e.g. a GPU run), whose saved shardings do not exist here.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = ocp.StandardCheckpointer().restore(item, jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      metadata))
+  return {name: jax.tree.map(lambda x, a: jax.device_put(x, a.sharding),
+                             saved[name], abstract)
+          for name, abstract in abstract_variables.items()}
 
 
 def load_big_vision_npz(path, template=None):
