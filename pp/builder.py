@@ -12,6 +12,7 @@ from pp import ops_dense  # pylint: disable=unused-import  (registers ops)
 from pp import ops_general  # pylint: disable=unused-import
 from pp import ops_image  # pylint: disable=unused-import
 from pp import registry
+from pp import utils
 
 
 def split_pipe(pipe):
@@ -73,8 +74,14 @@ def get_preprocess_fn(pipe):
   def _preprocess(data):
     data = tf.nest.map_structure(
         lambda x: x if tf.is_tensor(x) else tf.convert_to_tensor(x), dict(data))
+    if utils.SEED_KEY not in data:
+      # One seed for all random ops of this call, so that e.g. two keys'
+      # `random_crop`s agree; the training pipeline passes seeds instead, to
+      # make augmentations a function of the run's seed.
+      data[utils.SEED_KEY] = tf.random.uniform(
+          [2], maxval=tf.int64.max, dtype=tf.int64)
     for piece, op in ops:
-      keys = sorted(data)
+      keys = sorted(k for k in data if k != utils.SEED_KEY)
       # Name the op in errors raised while tracing it: the traceback of a
       # tf.data map function alone does not say which pipe piece failed.
       try:
@@ -83,8 +90,9 @@ def get_preprocess_fn(pipe):
         # A ValueError: KeyError would print this message as a quoted repr.
         raise ValueError(f"pp op {piece!r} needs key {err.args[0]!r}, but "
                          f"the data has keys {keys}.") from err
-      except ValueError as err:
+      except (ValueError, TypeError) as err:
         raise ValueError(f"pp op {piece!r}: {err}") from err
+    data.pop(utils.SEED_KEY, None)
     return data
 
   return _preprocess

@@ -12,9 +12,12 @@ from pp import utils
 
 @registry.register("keep")
 def get_keep(*keys):
-  """Keeps only `keys`."""
+  """Keeps only `keys` (and the example's RNG seed, for later random ops)."""
   def _keep(data):
-    return {k: data[k] for k in keys}
+    kept = {k: data[k] for k in keys}
+    if utils.SEED_KEY in data:
+      kept[utils.SEED_KEY] = data[utils.SEED_KEY]
+    return kept
   return _keep
 
 

@@ -99,6 +99,14 @@ def get_resize_small(smaller_size, method="bilinear", antialias=False):
 def _crop(x, top, left, height, width):
   """Crops the leading HxW axes of `x`; top/left/height/width may be tensors."""
   rank = x.shape.rank
+  # Known sizes are checked now: tf.slice's run-time error names no op.
+  for name, wanted, available in (("height", height, x.shape[0]),
+                                  ("width", width, x.shape[1])):
+    wanted = tf.get_static_value(wanted)
+    if None not in (wanted, available) and wanted > available:
+      raise ValueError(f"The crop's {name} {wanted} exceeds the input's "
+                       f"{available} (shape {x.shape}): crop to at most the "
+                       "input size, or resize first.")
   begin = tf.stack([top, left] + [0] * (rank - 2))
   size = tf.stack([height, width] + [-1] * (rank - 2))
   crop = tf.slice(x, begin, size)  # Fails at run time if out of bounds.

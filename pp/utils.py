@@ -65,8 +65,9 @@ def inkey_outkey(indefault="image", outdefault="image", with_data=False):
   return decorator
 
 
-# Key of the per-example stateless RNG seed (int (2,)) that the training input
-# pipeline adds to every example before preprocessing.
+# Key of the per-example stateless RNG seed (int (2,)): the training input
+# pipeline adds one to every example before preprocessing; elsewhere the
+# preprocess fn draws one per call (`pp.builder.get_preprocess_fn`).
 SEED_KEY = "_seed"
 
 
@@ -77,8 +78,7 @@ def op_seed(data, name):
   example's `data[SEED_KEY]` and the op's name, so an augmentation is a
   function of (run seed, position of the example in the stream): a resumed
   training run sees exactly the augmentations of an uninterrupted one, however
-  many threads preprocess in parallel. Without a seed in `data` (eager use,
-  notebooks) a fresh random one is drawn.
+  many threads preprocess in parallel.
 
   Args:
     data: the example dict.
@@ -87,12 +87,8 @@ def op_seed(data, name):
   Returns:
     An int32 (2,) seed.
   """
-  if SEED_KEY in data:
-    seed = data[SEED_KEY]
-  else:
-    seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
   salt = zlib.crc32(name.encode()) & 0x7FFFFFFF
-  return tf.random.experimental.stateless_fold_in(seed, salt)
+  return tf.random.experimental.stateless_fold_in(data[SEED_KEY], salt)
 
 
 def with_channel_axis(x):

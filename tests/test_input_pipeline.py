@@ -107,6 +107,19 @@ def test_evaluation_shards_pad_to_the_same_number_of_batches(tfds_data_dir):
   assert len(real[0] | real[1]) == NUM_VAL
 
 
+@pytest.mark.parametrize("max_cache_bytes, cached", [(120, True),
+                                                      (119, False)])
+def test_evaluation_caches_only_what_fits(tfds_data_dir, max_cache_bytes,
+                                          cached):
+  # An example is a float32 draw and a bool mask, 5 bytes; 24 take 120.
+  # Uncached, every pass preprocesses again: new draws.
+  ds, _ = input_pipeline.evaluation(
+      dict(name=TINY, split="validation", data_dir=tfds_data_dir),
+      "randu('u')|keep('u')", 8, cache=True, max_cache_bytes=max_cache_bytes)
+  first, second = ([b["u"] for b in ds.as_numpy_iterator()] for _ in "12")
+  assert np.array_equal(first, second) == cached
+
+
 def test_unknown_dataset_names_the_dataset(tmp_path):
   with pytest.raises(ValueError, match="no_such_dataset.*synthetic_scenes"):
     input_pipeline.get_builder("no_such_dataset", data_dir=str(tmp_path))
@@ -127,6 +140,15 @@ def test_unknown_split_lists_the_splits(tfds_data_dir):
   data = dict(name=TINY, split="trian", data_dir=tfds_data_dir)
   with pytest.raises(ValueError, match="trian.*validation"):
     input_pipeline.evaluation(data, IDS_PP, 8)
+
+
+def test_training_augments_each_process_differently(tfds_data_dir):
+  config = _input_config(tfds_data_dir, pp="decode|randu('u')|keep('u')")
+  draws = [next(input_pipeline.training(
+      config, process_index=index, process_count=2)[0].as_numpy_iterator())
+           ["u"] for index in range(2)]
+  assert draws[0].shape == (4,)
+  assert not np.isin(draws[0], draws[1]).any()
 
 
 def test_synthetic_scenes_is_built_on_first_use(tmp_path):

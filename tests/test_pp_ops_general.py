@@ -22,6 +22,14 @@ def test_keep_and_drop_are_strict(pipe):
     _run(pipe, a=1)
 
 
+def test_keep_carries_the_example_seed_to_later_random_ops():
+  pipe = builder.get_preprocess_fn("keep('a')|randu('u')")
+  seed = np.array([3, 4], np.int64)
+  first, again = (pipe({"a": 1, "b": 2, "_seed": seed})["u"] for _ in "12")
+  assert first == again
+  assert set(pipe({"a": 1, "_seed": seed})) == {"a", "u"}
+
+
 def test_copy_copies_nested_structure():
   out = _run("copy('objs', 'objs2')", objs={"id": [1, 2]})
   assert out["objs2"] is not out["objs"]

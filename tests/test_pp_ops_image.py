@@ -87,6 +87,13 @@ def test_central_crop():
       _run("central_crop((1, 2), key='l')", l=LABELS)["l"], [[3, 7]])
 
 
+@pytest.mark.parametrize("op", ["central_crop", "random_crop"])
+def test_crop_larger_than_the_input_names_op_and_sizes(op):
+  with pytest.raises(ValueError, match=f"pp op '{op}\\(\\(2, 9\\)\\)'.*"
+                     "width 9 exceeds the input's 6"):
+    _run(f"{op}((2, 9))", image=_image(5, 6))
+
+
 def test_random_crop_is_a_window():
   image = _image(5, 6)
   windows = np.lib.stride_tricks.sliding_window_view(image, (2, 3, 3))
@@ -96,6 +103,19 @@ def test_random_crop_is_a_window():
     assert (windows == crop).all(axis=(-3, -2, -1)).any()
   np.testing.assert_array_equal(
       _run("random_crop((3, 4), key='l')", l=LABELS)["l"], LABELS)
+
+
+def test_random_crop_without_a_seed_crops_every_key_alike():
+  """Eager calls (no seed passed) draw one seed per call for all ops."""
+  image = _image(12, 12, 1)[..., 0]
+  pipe = builder.get_preprocess_fn(
+      "copy('labels', 'twin')|random_crop(4, key='labels')|"
+      "random_crop(4, key='twin')")
+  crops = [pipe({"labels": image}) for _ in range(8)]
+  for out in crops:
+    np.testing.assert_array_equal(out["labels"], out["twin"])
+  # ... and a new seed per call: 8 crops of 81 positions are not all alike.
+  assert len({out["labels"].numpy()[0, 0] for out in crops}) > 1
 
 
 def test_crop_box_crops_image_and_labels_identically():

@@ -59,6 +59,12 @@ def test_factory_errors_quote_the_piece():
     builder.get_preprocess_fn("cast('int32')")
 
 
+def test_argument_type_errors_at_tracing_name_the_op():
+  data = {"labels": np.zeros((2, 2), np.int32)}
+  with pytest.raises(ValueError, match="pp op \"onehot\\('10'"):
+    builder.get_preprocess_fn("onehot('10', key='labels')")(data)
+
+
 def test_missing_key_names_op_key_and_keys_present():
   fn = builder.get_preprocess_fn("copy('a', 'b')|resize(2)")
   with pytest.raises(
