@@ -69,9 +69,10 @@ def get_coco_panoptic():
 def get_make_canonical(random=False):
   """Renumbers the positive instance ids 1..N in a canonical order.
 
-  The order is raster order of the instances' centres of mass (cy, cx), with
-  big_vision's sort key cy * W + cx; equal keys keep the order of first
-  appearance in raster order. Ids 0 and below (void, ignore) are unchanged.
+  The order is raster order of the instances' centres of mass (cy, cx): sort
+  key cy * W + cx (big_vision's op multiplies by H, which differs on
+  non-square maps only); equal keys keep the order of first appearance in
+  raster order. Ids 0 and below (void, ignore) are unchanged.
   Stage-I models see instance ids only up to this renumbering.
 
   Args:
