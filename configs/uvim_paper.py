@@ -32,10 +32,11 @@ lacks a piece):
 - Stage II reads one image at 512x512 for both the LM and the stage-I model
   (big_vision's `image` and `image_ctx`, which its configs give the same
   size); the paper's 1280x1280 panoptic LM input would need them apart.
-- Metrics are computed on labels (and COCO's crowd map) resized to 512x512
-  (nearest), not on the original-resolution ground truth: uvimx's predict
-  fns return predictions at the label size. For NYU this means on the
-  Eigen crop resized to 512.
+- Panoptic metrics are computed on labels (and COCO's crowd map) resized to
+  512x512 (nearest), not on the original-resolution ground truth: uvimx's
+  predict fns return predictions at the label size. NYU depth metrics are,
+  as in the paper and big_vision, at the Eigen crop's own 426x560: the
+  depth evaluator resizes the 512x512 predictions to it (nearest).
 - big_vision's stage-I `val` evaluator (the mean loss on the holdout split)
   has no uvimx counterpart, as the stage-I trainer has no per-example loss
   predict fn; the codebook usage on the holdout split is reported instead.
@@ -105,6 +106,15 @@ _NYU_EVAL_PP = (
     "decode|nyu_depth(key='depth')|nyu_eval_crop(keys=('image', 'depth'))|"
     f"resize({RES})|resize({RES}, key='depth', method='nearest')|"
     "value_range(-1, 1)|keep('image', 'depth')")
+# The depth metrics, as the paper's ("at test time, we resize UViM outputs to
+# the crop resolution via nearest neighbour"), compare with the Eigen-cropped
+# ground truth itself, kept as `ground_truth` before the resize; `depth`
+# (512x512) is the stage-I oracle's input.
+_NYU_DEPTH_PP = (
+    "decode|nyu_depth(key='depth')|nyu_eval_crop(keys=('image', 'depth'))|"
+    "copy('depth', 'ground_truth')|"
+    f"resize({RES})|resize({RES}, key='depth', method='nearest')|"
+    "value_range(-1, 1)|keep('image', 'depth', 'ground_truth')")
 _COLOR_EVAL_PP = (
     f"decode|resize({RES})|copy('image', 'labels')|rgb_to_grayscale_to_rgb|"
     "value_range(-1, 1)|value_range(-1, 1, key='labels')|"
@@ -146,10 +156,11 @@ _TASKS = {
             "crop_box(key='image')|crop_box(key='depth')|"
             f"resize({RES})|resize({RES}, key='depth', method='nearest')|"
             "value_range(-1, 1)|keep('image', 'depth')"),
-        pp_eval=_NYU_EVAL_PP,
+        pp_eval=_NYU_EVAL_PP, pp_task_eval=_NYU_DEPTH_PP,
         task=dict(name="depth", num_bins=256, min_depth=1e-3, max_depth=10.0),
         evals=dict(nyu_depth_val=dict(split="validation")),
         eval_args=dict(type="depth", min_depth=1e-3, max_depth=10.0,
+                       label_key="ground_truth", resize_pred="nearest",
                        log_steps=2000),
         stage1=dict(batch_size=1024, total_epochs=200, lr=1e-3, wd=1e-5),
         stage2=dict(batch_size=512, total_epochs=50)),

@@ -35,8 +35,18 @@ class Evaluator:
     """Yields ("used", fraction of codewords) and ("max_ratio", ...)."""
     counts = np.zeros(self.dict_size, np.int64)
     for batch, outputs in self.predictions(variables):
-      codes = np.asarray(outputs["code"])[batch["_mask"]]
-      counts += np.bincount(codes.reshape(-1), minlength=self.dict_size)
+      codes = np.asarray(common.get(
+          outputs, "code", "predict fn outputs (is `pred` a code fn?)"))
+      codes = codes[batch["_mask"]].reshape(-1)
+      # Else bincount fails on a negative code, or returns more counts than
+      # dict_size for a large one.
+      if codes.size and not 0 <= codes.min() <= codes.max() < self.dict_size:
+        raise ValueError(
+            f"The predict fn's codes span [{codes.min()}, {codes.max()}], "
+            f"outside [0, dict_size={self.dict_size}): codes must be "
+            "dictionary indices, and the codebook evaluator's dict_size the "
+            "model's dictionary size.")
+      counts += np.bincount(codes, minlength=self.dict_size)
     counts = common.process_sum(counts)
     yield "used", float(np.mean(counts > 0))
     yield "max_ratio", float(counts.max() / max(counts.sum(), 1))

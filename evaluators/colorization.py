@@ -1,5 +1,9 @@
 """Colorization: PSNR and, given Inception weights, FID.
 
+Images are floats in [-1, 1] or uint8 in [0, 255]; both metrics first map
+uint8 ones to [-1, 1] by x / 127.5 - 1 (`to_unit_range`), so that either kind
+gives the same numbers.
+
 PSNR as big_vision's UViM colorization evaluator: per image over all its
 pixels and channels, 10 log10(range^2 / MSE), then averaged over the images
 (in dB). An exact prediction has an infinite PSNR, and so has the mean.
@@ -26,6 +30,14 @@ from uvimx import sharding
 from uvimx.models import inception
 
 
+def to_unit_range(images):
+  """Images as float64 in [-1, 1]: uint8 ones mapped by x / 127.5 - 1."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images / 127.5 - 1
+  return images.astype(np.float64)
+
+
 def psnr(gt, pred):
   """Per-image PSNR (dB) of images in [-1, 1] (range 2) or uint8 (255).
 
@@ -46,11 +58,11 @@ def psnr(gt, pred):
   if len(kinds) > 1:
     raise ValueError(f"Labels ({gt.dtype}) and predictions ({pred.dtype}) "
                      "must both be uint8 or both be floats in [-1, 1].")
-  value_range = 255.0 if kinds.pop() else 2.0
-  mse = np.mean((gt.astype(np.float64) - pred.astype(np.float64)) ** 2,
+  # In [-1, 1], of range 2: the PSNR of uint8 images with range 255.
+  mse = np.mean((to_unit_range(gt) - to_unit_range(pred)) ** 2,
                 axis=(1, 2, 3))
   with np.errstate(divide="ignore"):
-    return 10 * np.log10(value_range ** 2 / mse)
+    return 10 * np.log10(2.0 ** 2 / mse)
 
 
 def gaussian_fit(count, total, outer):
@@ -137,10 +149,12 @@ class Evaluator:
 
     Args:
       predict_fn: fn(variables, batch) -> outputs; `outputs[pred_key]` is the
-        (B, H, W, 3) RGB prediction in [-1, 1], at the label size.
+        (B, H, W, 3) RGB prediction in [-1, 1] (or uint8, like the labels),
+        at the label size.
       mesh: the device mesh.
       data: dict(name=..., split=..., data_dir=...) of the split.
-      pp: pp string giving `label_key`, the (H, W, 3) RGB image in [-1, 1].
+      pp: pp string giving `label_key`, the (H, W, 3) RGB image in [-1, 1]
+        (or uint8).
       batch_size: global eval batch size.
       pred_key: the image key of the predict fn's outputs.
       label_key: the image key of the batch.
@@ -164,7 +178,7 @@ class Evaluator:
 
   def _features(self, images, real):
     """Inception pool features (float64) of the real images of a batch."""
-    images = np.clip(images, -1, 1).astype(np.float32)
+    images = np.clip(to_unit_range(images), -1, 1).astype(np.float32)
     features = self.inception(self.inception_variables,
                               sharding.put_batch(images, self.mesh))
     return sharding.to_host(features)[real].astype(np.float64)

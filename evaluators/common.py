@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 from typing import Any
 
+import flax
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -122,12 +123,17 @@ class Predictions:
 
   def check(self, abstract_variables, where):
     """Raises a ValueError if the predict fn cannot take the batches."""
+    specs = self.dataset.element_spec
+    if not all(s.shape[1:].is_fully_defined() for s in specs.values()):
+      return  # E.g. decoded images without a resize: sizes known at run time.
     batch = {k: jax.ShapeDtypeStruct((self.batch_size, *s.shape[1:]),
                                      s.dtype.as_numpy_dtype)
-             for k, s in self.dataset.element_spec.items()}
+             for k, s in specs.items()}
     try:
       jax.eval_shape(self.predict, abstract_variables, batch)
-    except (KeyError, TypeError, ValueError) as e:
+    # flax reports e.g. a kernel of another shape than the input implies as
+    # a ScopeParamShapeError, a FlaxError.
+    except (KeyError, TypeError, ValueError, flax.errors.FlaxError) as e:
       shapes = {k: f"{b.dtype.name}{list(b.shape[1:])}"
                 for k, b in batch.items() if k != "_mask"}
       raise ValueError(

@@ -7,6 +7,15 @@ in metres; `rmse` is in metres, `silog` is 100x a log-space standard deviation
 (see `per_image_metrics`), the other metrics are unitless; `delta*` are
 fractions in [0, 1].
 
+Non-finite predictions are replaced as in AdaBins' evaluation before the
+clipping: NaN and -inf by min_depth, +inf by max_depth, so that one bad pixel
+cannot make rmse, abs_rel or silog NaN.
+
+Predictions of another size than the labels (e.g. a 512x512 model output
+against NYU's 426x560 Eigen-cropped ground truth) are resized to the label
+size by nearest neighbour with `resize_pred="nearest"`, as UViM does: the
+metrics are then computed at the ground truth's own resolution.
+
   config.evals.depth = dict(type="depth", data=..., pp=..., batch_size=64,
                             max_depth=10.0, crop=(45, 471, 41, 601))
 """
@@ -35,7 +44,8 @@ def per_image_metrics(gt, pred, *, min_depth=1e-3, max_depth=10.0, crop=None):
   """Every metric of every image, over the image's valid pixels.
 
   A pixel is valid if min_depth < gt < max_depth and it lies inside `crop`.
-  Predictions are first clipped to [min_depth, max_depth]. With n valid
+  Predictions are first clipped to [min_depth, max_depth], after NaN and
+  -inf become min_depth and +inf max_depth (AdaBins). With n valid
   pixels, d = log(pred) - log(gt) (natural log) and means over valid pixels:
     rmse = sqrt(mean((gt - pred)^2))     abs_rel = mean(|gt - pred| / gt)
     sq_rel = mean((gt - pred)^2 / gt)    rmse_log = sqrt(mean(d^2))
@@ -65,7 +75,8 @@ def per_image_metrics(gt, pred, *, min_depth=1e-3, max_depth=10.0, crop=None):
     raise ValueError(
         f"Depth labels {gt.shape} and predictions {pred.shape} must be "
         "(B, H, W) maps of the same size; predictions of another size must be "
-        "resized to the label size by the task's predict fn.")
+        "resized to the label size by the task's predict fn, or by the depth "
+        "evaluator's resize_pred='nearest'.")
   valid = (gt > min_depth) & (gt < max_depth)
   if crop is not None:
     top, bottom, left, right = crop
@@ -77,7 +88,8 @@ def per_image_metrics(gt, pred, *, min_depth=1e-3, max_depth=10.0, crop=None):
     inside[top:bottom, left:right] = True
     valid &= inside
   n = valid.sum(axis=(1, 2))
-  pred = np.clip(pred, min_depth, max_depth)
+  pred = np.clip(np.nan_to_num(pred, nan=min_depth, posinf=max_depth,
+                               neginf=min_depth), min_depth, max_depth)
   # Invalid pixels (gt maybe 0) are masked out of every mean; a dummy gt of
   # 1 keeps the logs and ratios there finite and warning-free.
   gt = np.where(valid, gt, 1.0)
@@ -125,17 +137,32 @@ def depth_metrics(gt, pred, *, min_depth=1e-3, max_depth=10.0, crop=None):
   return {k: float(v[has_valid].mean()) for k, v in metrics.items()}
 
 
+def resize_nearest(x, size):
+  """(B, h, w, ...) maps resized to (B, *size, ...) by nearest neighbour.
+
+  With half-pixel centres (output pixel i reads input pixel
+  floor((i + 0.5) * h / H)), as jax.image.resize and tf.image.resize do, so
+  that a prediction is resized like the labels of a `resize(..., method=
+  'nearest')` pp.
+  """
+  (height, width), (h, w) = size, x.shape[1:3]
+  rows = np.floor((np.arange(height) + 0.5) * h / height).astype(int)
+  cols = np.floor((np.arange(width) + 0.5) * w / width).astype(int)
+  return x[:, rows[:, None], cols]
+
+
 class Evaluator:
   """Depth metrics of a predict fn over a whole split, averaged per image."""
 
   def __init__(self, predict_fn, *, mesh, data, pp, batch_size,
                pred_key="depth", label_key="depth", min_depth=1e-3,
-               max_depth=10.0, crop=None):
+               max_depth=10.0, crop=None, resize_pred=None):
     """Sets up the evaluation.
 
     Args:
       predict_fn: fn(variables, batch) -> outputs; `outputs[pred_key]` is the
-        (B, H, W) or (B, H, W, 1) depth in metres, at the label size.
+        (B, H, W) or (B, H, W, 1) depth in metres, at the label size unless
+        `resize_pred` is set.
       mesh: the device mesh.
       data: dict(name=..., split=..., data_dir=...) of the split.
       pp: pp string giving `label_key`, (H, W, 1) or (H, W) depth in metres.
@@ -145,8 +172,15 @@ class Evaluator:
       min_depth: see `per_image_metrics`.
       max_depth: see `per_image_metrics`.
       crop: see `per_image_metrics`.
+      resize_pred: None: predictions must have the label size; "nearest":
+        they are resized to it by `resize_nearest` (UViM's NYU evaluation,
+        at the Eigen crop's 426x560).
     """
     _check_range(min_depth, max_depth)
+    if resize_pred not in (None, "nearest"):
+      raise ValueError(f"Depth evaluator resize_pred={resize_pred!r}: use "
+                       "None (predictions at the label size) or 'nearest'.")
+    self.resize_pred = resize_pred
     self.predictions = common.Predictions(
         predict_fn, data=data, pp=pp, batch_size=batch_size, mesh=mesh)
     self.pred_key = pred_key
@@ -161,9 +195,10 @@ class Evaluator:
     for batch, outputs in self.predictions(variables):
       gt = common.get(batch, self.label_key, "eval batch (label_key)")
       pred = common.get(outputs, self.pred_key, "predict fn outputs (pred_key)")
-      metrics, has_valid = per_image_metrics(
-          common.squeeze_map(gt), common.squeeze_map(pred),
-          **self.metric_kwargs)
+      gt, pred = common.squeeze_map(gt), common.squeeze_map(pred)
+      if self.resize_pred:
+        pred = resize_nearest(pred, gt.shape[1:3])
+      metrics, has_valid = per_image_metrics(gt, pred, **self.metric_kwargs)
       # Padding examples are all-zero, hence without valid pixels, but the
       # mask, not that coincidence, is what keeps them out.
       counted = batch["_mask"] & has_valid

@@ -5,7 +5,9 @@ PolyMaX), the angular error between predicted and ground-truth normal is
 pooled over all valid pixels of the split: `mean`, `median` and `rmse` of the
 angle, in degrees, and `within_t`, the percentage of pixels with an angle
 below t degrees. A pixel is valid where its ground truth is not the zero
-vector (how `decode_normals_png` marks missing normals).
+vector (how `decode_normals_png` marks missing normals). A predicted normal
+with a NaN or infinite component (e.g. a zero vector renormalised) counts as
+the worst angle, 180 degrees, in every metric.
 
   config.evals.normals = dict(type="normals", data=..., pp=..., batch_size=64)
 """
@@ -28,14 +30,16 @@ def angles(gt, pred):
   full relative precision for small angles, and it is the same for any
   positive scale of either vector, so `pred` needs no normalising. A zero
   prediction has no direction: it counts as 90 degrees (the mean angle of a
-  random direction), never as correct.
+  random direction), never as correct. A non-finite one (a NaN or infinite
+  component) counts as 180 degrees, the worst angle: NaN angles would drop
+  out of the counts below thresholds and make the means NaN.
 
   Args:
     gt: (..., 3) ground-truth normals.
     pred: (..., 3) predicted normals, of any length.
 
   Returns:
-    (...) float64 angles in [0, 180].
+    (...) float64 angles in [0, 180], never NaN.
   """
   gt = np.asarray(gt, np.float64)
   pred = np.asarray(pred, np.float64)
@@ -44,10 +48,14 @@ def angles(gt, pred):
         f"Normal labels {gt.shape} and predictions {pred.shape} must be "
         "(..., 3) maps of the same size; predictions of another size must be "
         "resized to the label size by the task's predict fn.")
+  finite = np.isfinite(pred).all(axis=-1)
+  # Zeroed so that inf * 0 in the products below raises no warning.
+  pred = np.where(finite[..., None], pred, 0.0)
   sin = np.linalg.norm(np.cross(pred, gt), axis=-1)
   cos = np.sum(pred * gt, axis=-1)
   zero = ~pred.any(axis=-1)
-  return np.where(zero, 90.0, np.degrees(np.arctan2(sin, cos)))
+  angle = np.where(zero, 90.0, np.degrees(np.arctan2(sin, cos)))
+  return np.where(finite, angle, 180.0)
 
 
 def _valid(gt, valid):
@@ -76,7 +84,8 @@ def normal_metrics(gt, pred, valid=None):
   Args:
     gt: (..., 3) ground-truth unit normals; zero vectors mark pixels without
       a normal, which are left out.
-    pred: (..., 3) predicted normals, of any length.
+    pred: (..., 3) predicted normals, of any length; non-finite ones count
+      as 180 degrees.
     valid: optional (...) bool: only these pixels count.
 
   Returns:

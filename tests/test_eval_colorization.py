@@ -229,3 +229,47 @@ def test_evaluator_missing_weights(tfds_data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="inception_weights"):
     colorization.Evaluator(lambda v, b: {}, **_kwargs(tfds_data_dir),
                            inception_weights=str(tmp_path / "nope.npz"))
+
+
+def test_evaluator_uint8_images_as_their_floats(tfds_data_dir, tmp_path):
+  # uint8 x is the float x / 127.5 - 1 for both metrics: the same images
+  # reach Inception, so the same FID (uint8 images used to reach it clipped
+  # to a constant 1).
+  weights = tmp_path / "inception.npz"
+  test_inception.write_random_weights(weights)
+  rng = np.random.default_rng(0)
+  labels8 = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+  preds8 = 255 - labels8
+
+  def evaluate(labels, preds):
+    """The metrics and the images that went through Inception."""
+    evaluator = colorization.Evaluator(
+        lambda v, b: {}, **_kwargs(tfds_data_dir, num_devices=1,
+                                   batch_size=2),
+        inception_weights=str(weights))
+    evaluator.predictions = lambda variables: iter([
+        ({"labels": labels[i:i + 2], "_mask": np.array([True, True])},
+         {"color": preds[i:i + 2]}) for i in (0, 2)])
+    calls, inception_fn = [], evaluator.inception
+
+    def recording(variables, images):
+      calls.append(np.asarray(images))
+      return inception_fn(variables, images)
+
+    evaluator.inception = recording
+    return dict(evaluator.run({})), calls
+
+  got8, calls8 = evaluate(labels8, preds8)
+  got, calls = evaluate(labels8 / 127.5 - 1, preds8 / 127.5 - 1)
+  assert len(calls8) == len(calls) == 4
+  for images8, images in zip(calls8, calls):
+    np.testing.assert_allclose(images8, images, rtol=0, atol=1e-7)
+  # Label images span [-1, 1], not a constant.
+  assert calls8[1].min() == -1 and calls8[1].max() == 1
+  assert got8["fid"] == pytest.approx(got["fid"], rel=1e-6)
+  assert got8["fid"] > 0
+  # PSNR by hand: |error| = |255 - 2 x| / 127.5 in [-1, 1] units.
+  mse = np.mean(((255 - 2 * labels8.astype(np.float64)) / 127.5) ** 2,
+                axis=(1, 2, 3))
+  assert got8["psnr"] == pytest.approx(np.mean(10 * np.log10(4 / mse)))
+  assert got8["psnr"] == pytest.approx(got["psnr"])

@@ -1,4 +1,5 @@
 """Tests of evaluators/depth.py: hand-computed metrics and a full split."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -78,6 +79,22 @@ def test_depth_metrics_perfect_prediction():
   for name in ("rmse", "abs_rel", "sq_rel", "rmse_log", "log10", "silog"):
     assert got[name] == pytest.approx(0, abs=1e-12), name
   assert got["delta1"] == 1
+
+
+def test_depth_metrics_non_finite_predictions():
+  # As AdaBins: NaN and -inf -> min_depth 0.5, +inf -> max_depth 8, so the
+  # (gt, pred) pairs are (2, 0.5), (2, 8), (2, 0.5), (4, 4).
+  gt = np.array([[[2, 2, 2, 4]]], np.float32)
+  pred = np.array([[[np.nan, np.inf, -np.inf, 4]]], np.float32)
+  got = depth.depth_metrics(gt, pred, min_depth=0.5, max_depth=8.0)
+  # Errors 1.5, 6, 1.5, 0: rmse sqrt(40.5 / 4), abs_rel 4.5 / 4.
+  assert got["rmse"] == pytest.approx(np.sqrt(40.5 / 4), rel=1e-12)
+  assert got["abs_rel"] == pytest.approx(1.125, rel=1e-12)
+  # d = -ln 4, ln 4, -ln 4, 0: mean(d^2) - mean(d)^2 = (3/4 - 1/16) ln^2 4.
+  assert got["silog"] == pytest.approx(100 * np.log(4) * np.sqrt(11) / 4,
+                                       rel=1e-12)
+  # Ratios 4, 4, 4, 1.
+  assert got["delta1"] == got["delta3"] == 0.25
 
 
 def test_depth_metrics_errors():
@@ -166,3 +183,42 @@ def test_evaluator_size_mismatch(tfds_data_dir):
   with pytest.raises(ValueError, match="resized to the label size"):
     _evaluate(lambda v, b: {"depth": b["depth"][:, ::2, ::2, 0]},
               tfds_data_dir)
+
+
+def test_resize_nearest_half_pixel_centres():
+  x = np.arange(8.0).reshape(1, 2, 4)
+  # Output pixel i reads floor((i + 0.5) * in / out): rows 0.33, 1, 1.67 ->
+  # 0, 1, 1; columns 0.4, 1.2, 2, 2.8, 3.6 -> 0, 1, 2, 2, 3.
+  np.testing.assert_array_equal(depth.resize_nearest(x, (3, 5)),
+                                [[[0, 1, 2, 2, 3], [4, 5, 6, 6, 7],
+                                  [4, 5, 6, 6, 7]]])
+  # The convention of jax.image.resize (and the pp's tf.image.resize).
+  np.testing.assert_array_equal(
+      depth.resize_nearest(x, (3, 5)),
+      jax.image.resize(x, (1, 3, 5), "nearest"))
+
+
+def test_evaluator_resizes_predictions_to_the_labels(tfds_data_dir):
+  # A 2x2 prediction against a 4x4 label of 2 m: resized, each predicted
+  # depth covers a 2x2 quarter: four pixels each of 1, 2, 3 and 4 m.
+  gt = np.full((1, 4, 4, 1), 2.0, np.float32)
+  pred = np.array([[[1, 2], [3, 4]]], np.float32)
+  evaluators = [depth.Evaluator(
+      lambda v, b: {}, mesh=sharding.make_mesh([("data", -1)]),
+      data=dict(name="synthetic_scenes/tiny", split="validation",
+                data_dir=tfds_data_dir), pp=PP, batch_size=16,
+      resize_pred=resize_pred) for resize_pred in ("nearest", None)]
+  for evaluator in evaluators:
+    evaluator.predictions = lambda variables: iter([(
+        {"depth": gt, "_mask": np.array([True])}, {"depth": pred})])
+  got = dict(evaluators[0].run({}))
+  # Errors 1, 0, 1, 2 (4 pixels each); ratios 2, 1, 1.5, 2.
+  assert got["rmse"] == pytest.approx(np.sqrt((4 + 4 + 16) / 16), rel=1e-12)
+  assert got["abs_rel"] == pytest.approx((2 + 2 + 4) / 16, rel=1e-12)
+  assert got["delta1"] == 0.25
+  assert got["delta2"] == 0.5
+  with pytest.raises(ValueError, match="resize_pred='nearest'"):
+    dict(evaluators[1].run({}))
+  with pytest.raises(ValueError, match="resize_pred='bilinear'"):
+    depth.Evaluator(lambda v, b: {}, mesh=None, data=None, pp=None,
+                    batch_size=16, resize_pred="bilinear")

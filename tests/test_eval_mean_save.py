@@ -1,7 +1,10 @@
 """Tests of evaluators/mean.py, evaluators/save_predictions.py and the
-batch-size check of evaluators/common.py, on synthetic_scenes/tiny."""
+batch-size and input checks of evaluators/common.py, on
+synthetic_scenes/tiny."""
 import os
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -51,6 +54,31 @@ def test_mean_needs_per_example_values(tfds_data_dir):
                              **_kwargs(tfds_data_dir))
   with pytest.raises(ValueError, match="one value per example"):
     list(evaluator.run({}))
+
+
+def test_check_inputs_names_a_flax_kernel_shape_mismatch(tfds_data_dir):
+  # A conv kernel for 3-channel images, fed the 1-channel semantic map: flax
+  # raises a ScopeParamShapeError, reported like any other pp mistake.
+  model = nn.Conv(4, (3, 3))
+  variables = jax.eval_shape(model.init, jax.random.key(0),
+                             jnp.zeros((1, 64, 64, 3)))
+
+  def check(pp):
+    evaluator = mean.Evaluator(
+        lambda v, b: {"x": model.apply(v, b["image"] / 255).mean((1, 2, 3))},
+        **dict(_kwargs(tfds_data_dir), pp=pp))
+    common.check_inputs([common.Scheduled("val", evaluator, 0, "val/")],
+                        variables)
+
+  check("decode|resize(64)|keep('image')")  # The model's input: no error.
+  # Without a resize the decoded images' size is known only at run time,
+  # when tf.data batches them: nothing to check at startup.
+  check("decode|keep('image')")
+  with pytest.raises(ValueError, match=(
+      r"^config.evals.val: its pp gives examples \{'image': "
+      r"'uint8\[64, 64, 1\]'\}, which the model's predict fn cannot take "
+      r".*ScopeParamShapeError")):
+    check("decode|copy('semantics', 'image')|keep('image')")
 
 
 def test_batch_size_must_divide_over_devices(tfds_data_dir):

@@ -71,6 +71,28 @@ def test_normal_metrics_valid_mask():
   assert got["within_30"] == pytest.approx(75)
 
 
+# As PRED, but the 90 degree prediction has a NaN component (e.g. a zero
+# vector renormalised): it counts as 180 degrees, the worst angle.
+PRED_NAN = PRED.copy()
+PRED_NAN[0, 4] = (np.nan, 0, 1)
+NAN_EXPECTED = {
+    "mean": (0 + 10 + 20 + 45 + 180) / 5,                          # 51
+    "median": 20,
+    "rmse": np.sqrt((0 + 100 + 400 + 2025 + 32400) / 5),           # 83.58
+    "within_11.25": 100 * 2 / 5,
+    "within_22.5": 100 * 3 / 5,
+    "within_30": 100 * 3 / 5,
+}
+
+
+def test_non_finite_predictions_are_the_worst_angle():
+  pred = [(np.nan, 0, 1), (np.inf, 0, 0), (0, -np.inf, 1), (1, 0, 1)]
+  np.testing.assert_allclose(normals.angles([Z] * 4, pred),
+                             [180, 180, 180, 45], rtol=1e-12)
+  assert normals.normal_metrics(GT, PRED_NAN) == pytest.approx(
+      NAN_EXPECTED, rel=1e-9, abs=1e-9)
+
+
 def test_normal_metrics_errors():
   with pytest.raises(ValueError, match="same size"):
     normals.normal_metrics(GT, PRED[:, :5])
@@ -161,3 +183,15 @@ def test_evaluator_size_mismatch(tfds_data_dir):
   with pytest.raises(ValueError, match="resized to the label size"):
     dict(_evaluator(lambda v, b: {"normals": b["normals"][:, ::2, ::2]},
                     tfds_data_dir).run({}))
+
+
+def test_evaluator_counts_non_finite_predictions_as_180(tfds_data_dir):
+  # NaN angles made np.bincount of the histogram raise mid-run.
+  evaluator = _evaluator(lambda v, b: {}, tfds_data_dir)
+  evaluator.predictions = lambda variables: iter([
+      ({"normals": GT, "_mask": np.array([True])}, {"normals": PRED_NAN})])
+  got = dict(evaluator.run({}))
+  expected = dict(NAN_EXPECTED)
+  assert got.pop("median") == pytest.approx(expected.pop("median"),
+                                            abs=normals.BIN / 2)
+  assert got == pytest.approx(expected, rel=1e-9)

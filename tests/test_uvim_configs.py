@@ -223,12 +223,15 @@ def test_paper_pp_yields_the_input_spec(variant):
   config = uvim_paper.get_config(variant)
   spec = trainers.get_trainer(config).input_spec(1)
   example = fake_example(config.input.data.name)
-  # The PQ evaluators' pp also keeps the crowd map, for the evaluator only.
-  pps = {(config.input.pp, None)} | {(e.pp, e.get("crowd_key"))
-                                      for e in config.evals.values()}
-  for pp, crowd_key in pps:
+  # The PQ evaluators' pp also keeps the crowd map, the depth evaluator's
+  # the cropped ground truth: for the evaluator only.
+  pps = {(config.input.pp, ())} | {
+      (e.pp, tuple(e[k] for k in ("crowd_key", "label_key")
+                   if e.get(k) and e[k] not in spec))
+      for e in config.evals.values()}
+  for pp, evaluator_keys in pps:
     out = builder.get_preprocess_fn(pp)(dict(example))
-    assert set(out) == set(spec) | ({crowd_key} if crowd_key else set())
+    assert set(out) == set(spec) | set(evaluator_keys)
     for k, s in spec.items():
       assert (tuple(out[k].shape), out[k].dtype.as_numpy_dtype) == (
           s.shape[1:], s.dtype), (pp, k)
@@ -248,3 +251,19 @@ def test_paper_panoptic_pp_keeps_segments():
   assert out["crowd"].dtype == np.int32 and out["crowd"].shape == (512, 512, 1)
   np.testing.assert_array_equal(out["crowd"][..., 0], labels[..., 0] == 1)
   assert config.evals.coco_panoptic.crowd_key == "crowd"
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_paper_depth_metrics_at_the_crop_resolution(stage):
+  # The paper's NYU metrics: 512x512 predictions resized (nearest) to the
+  # Eigen-cropped ground truth at its own 426x560.
+  config = uvim_paper.get_config(f"depth_{stage}")
+  evaluator = config.evals.nyu_depth_val
+  assert (evaluator.label_key, evaluator.resize_pred) == ("ground_truth",
+                                                          "nearest")
+  example = fake_example("nyu_depth_v2")
+  out = builder.get_preprocess_fn(evaluator.pp)(dict(example))
+  np.testing.assert_array_equal(
+      out["ground_truth"][..., 0],
+      example["depth"][45:471, 41:601].astype(np.float32))
+  assert out["depth"].shape == (512, 512, 1)

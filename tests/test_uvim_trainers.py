@@ -191,6 +191,34 @@ def test_codebook_evaluator_counts_codewords(tfds_data_dir):
   assert metrics["max_ratio"] == np.bincount(codes).max() / len(codes)
 
 
+def test_codebook_evaluator_errors(tfds_data_dir):
+  evaluator = codebook.Evaluator(
+      lambda v, b: {}, mesh=sharding.make_mesh([("data", -1)]),
+      data=dict(name="synthetic_scenes/tiny", split="validation",
+                data_dir=tfds_data_dir),
+      pp="decode|keep('image')", batch_size=16, dict_size=8)
+
+  def run(outputs, mask=(True, True)):
+    evaluator.predictions = lambda variables: iter(
+        [({"_mask": np.array(mask)}, outputs)])
+    return dict(evaluator.run({}))
+
+  # A model with 16 codewords, or codes that are not indices: named, not a
+  # broadcasting or bincount error.
+  with pytest.raises(ValueError, match=r"codes span \[0, 15\], outside "
+                     r"\[0, dict_size=8\)"):
+    run({"code": np.arange(16).reshape(2, 8)})
+  with pytest.raises(ValueError, match=r"span \[-1, 3\].*dict_size=8"):
+    run({"code": np.array([[-1, 3], [2, 2]])})
+  with pytest.raises(KeyError, match=r"No 'code' in the predict fn outputs.*"
+                     r"it has \['codes'\]"):
+    run({"codes": np.zeros((2, 4), int)})
+  # Codes of masked (padding) examples are neither checked nor counted:
+  # codes 2, 3, 2 use 2 of the 8 codewords, 2 for 2 of the 3 positions.
+  assert run({"code": np.array([[2, 3, 2], [9, 9, 9]])},
+             mask=(True, False)) == {"used": 2 / 8, "max_ratio": 2 / 3}
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_sample_diversity_is_mean_pairwise_rms(temperature):
   config = big_vision_config()
