@@ -109,10 +109,11 @@ def get_config(arg="depth"):
   # PolyMaX: AdamW at 5e-4 (pre-training), weight decay 0.05. uvimx's wd is
   # big_vision's, not multiplied by the learning rate (see uvimx/optim.py),
   # so AdamW's decay is lr x 0.05 here (0.05 itself shrinks the kernels by 5%
-  # a step: the models then learn nothing).
+  # a step: the models then learn nothing). A reference, so that
+  # --config.lr=5e-5 (fine-tuning) scales the decay with it.
   config.optax_name = "scale_by_adam"
   config.lr = 5e-4
-  config.wd = config.lr * 0.05
+  config.wd = config.get_ref("lr") * 0.05
   config.schedule = dict(warmup_steps=1 if smoke else 200,
                          decay_type="cosine")
   config.grad_clip_norm = 1.0

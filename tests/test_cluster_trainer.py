@@ -56,6 +56,15 @@ def test_nyu_configs_build(variant):
         40 if variant == "semseg" else 16)
 
 
+def test_fine_tuning_lr_scales_the_weight_decay():
+  # AdamW's decay is lr x 0.05 (the paper's 0.05): the documented
+  # fine-tuning override --config.lr=5e-5 must bring the decay along.
+  config = polymax_nyu.get_config("depth")
+  assert config.wd == pytest.approx(5e-4 * 0.05)
+  config.lr = 5e-5
+  assert config.wd == pytest.approx(5e-5 * 0.05)
+
+
 def test_nyu_config_inits_and_predicts_at_reduced_size():
   config = polymax_nyu.get_config("semseg")
   config.model.input_size = (64, 96)

@@ -219,10 +219,11 @@ def test_adafactor_momentum():
   assert ema[0].ema.dtype == jnp.bfloat16
 
 
-def test_make_finds_adafactor():
+@pytest.mark.parametrize("name", ["scale_by_adafactor",
+                                  "big_vision.scale_by_adafactor"])
+def test_make_finds_adafactor(name):
   params = {"w": jnp.zeros((48,))}
-  config = dict(optax_name="scale_by_adafactor", optax=dict(momentum=None),
-                lr=0.01)
+  config = dict(optax_name=name, optax=dict(momentum=None), lr=0.01)
   tx, _ = optim.make(config, params, total_steps=10)
   g = {"w": jnp.asarray(_grads((48,))[0])}
   updates, _ = tx.update(g, tx.init(params), params)
@@ -264,6 +265,19 @@ def test_works_on_shapes():
     (dict(lr_mults=[("head/.*",)]), "list of"),
     (dict(lr_mults=("head/.*", 2.0)), "list of"),
     (dict(lr_mults=[("head/.*", 0.0)]), "positive"),
+    (dict(lr_mults=[("head/.*", None)]), "positive numbers"),
+    # A typo, or a rule that an earlier one shadows, would leave its
+    # parameters at the default.
+    (dict(lr_mults=[("heads/.*", 10.0)]), r"'heads/\.\*' matches no param"),
+    (dict(lr_mults=[(".*", 1.0), ("head/.*", 10.0)]), r"\['\.\*'\] match"),
+    (dict(optax_name="GradientTransformation"), "GradientTransformation"),
+    (dict(schedule=dict(warmup_steps=-5)), "warmup .* must not be negative"),
+    (dict(schedule=dict(cooldown_steps=-5)), "cooldown .* must not be"),
+    (dict(schedule=dict(decay_type="rsqrt", timescale=0)), "timescale"),
+    (dict(grad_clip_norm=-1.0), "grad_clip_norm must not be negative"),
+    (dict(wd=-0.5), "wd must not be negative"),
+    (dict(wd=0.1, wd_mults=[]), "decays nothing"),
+    (dict(wd=0.1, wd_mults=[(".*", -1.0)]), "wd_mults must be numbers >= 0"),
 ])
 def test_config_errors(change, message):
   config = {**dict(optax_name="identity", lr=0.1), **change}

@@ -9,6 +9,7 @@ import sys
 
 from absl import flags
 import jax
+import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import optax
@@ -301,10 +302,40 @@ def test_grad_accumulation_errors(smoke_batch):
   with pytest.raises(ValueError, match="divide config.input.batch_size=8"):
     train_state.setup_train_state(config, trainers.get_trainer(config), one,
                                   batch, total_steps=10)
+  # UViM stage I updates its VQ dictionary at every batch: refused when the
+  # step is traced, before any update.
   from configs import uvim_synthetic  # pylint: disable=g-import-not-at-top
   config = uvim_synthetic.get_config("smoke_stage1")
   config.grad_accum_steps = 2
   trainer = trainers.get_trainer(config)
-  with pytest.raises(ValueError, match="has model state"):
-    train_state.setup_train_state(config, trainer, one, trainer.input_spec(1),
-                                  total_steps=10)
+  batch = {k: jnp.zeros(s.shape, s.dtype)
+           for k, s in trainer.input_spec(2).items()}
+  setup = train_state.setup_train_state(config, trainer, one, batch,
+                                        total_steps=10)
+  with pytest.raises(ValueError, match="loss updates the model state"):
+    jax.eval_shape(train_state.make_train_step(trainer, setup.tx, 2),
+                   setup.abstract_state, batch, 1)
+
+
+def test_grad_accumulation_with_a_frozen_model_in_the_state():
+  """UViM stage II keeps its frozen oracle in the model state: micro-batches
+  give the whole batch's step there too."""
+  from configs import uvim_synthetic  # pylint: disable=g-import-not-at-top
+  config = uvim_synthetic.get_config("smoke_stage2")
+  trainer = trainers.get_trainer(config)
+  spec = trainer.input_spec(4)
+  keys = jax.random.split(jax.random.key(0), len(spec))
+  batch = {k: jax.random.randint(key, s.shape, 0, 3).astype(s.dtype)
+           for key, (k, s) in zip(keys, sorted(spec.items()))}
+  one = sharding.make_mesh([("data", 1)], devices=jax.devices()[:1])
+  states = []
+  for accum in (1, 2):
+    config.grad_accum_steps = accum
+    setup = train_state.setup_train_state(config, trainer, one, batch,
+                                          total_steps=10)
+    state, measurements = jax.jit(train_state.make_train_step(
+        trainer, setup.tx, accum))(setup.init(pretrained=False), batch, 1)
+    states.append(jax.device_get((state, measurements["loss"])))
+  np.testing.assert_allclose(states[1][1], states[0][1], rtol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                 atol=1e-6), states[1][0], states[0][0])

@@ -13,8 +13,9 @@ parameters; `make` turns it into one `optax.GradientTransformation`:
   config.grad_clip_norm = 1.0               # optional
 
 Per-parameter settings are lists of `(regex, value)`; a regex must match the
-whole "/"-joined parameter path (e.g. "encoder/Dense_0/kernel"), and the first
-matching rule wins. `config.schedule` may also be such a list, to give groups
+whole "/"-joined parameter path (e.g. "encoder/Dense_0/kernel"), the first
+matching rule wins, and a rule that matches no parameter (a typo, or one that
+an earlier rule shadows) is an error. `config.schedule` may also be such a list, to give groups
 of parameters their own schedule; a `None` schedule freezes the group.
 
 For a trainable parameter `p` with gradient `g`, one step does
@@ -119,7 +120,8 @@ def create_schedule(schedule, *, total_steps, data_size=None,
     batch_size: global batch size, for `*_epochs`.
 
   Raises:
-    ValueError: unknown key or decay_type, or warmup not shorter than training.
+    ValueError: unknown key or decay_type, negative warmup or cooldown, a
+      timescale <= 0, or warmup not shorter than training.
   """
   if unknown := set(schedule.keys()) - _SCHEDULE_KEYS:
     raise ValueError(f"Unknown schedule keys {sorted(unknown)} in {schedule};"
@@ -136,9 +138,15 @@ def create_schedule(schedule, *, total_steps, data_size=None,
   if decay_type not in decays:
     raise ValueError(f"Unknown decay_type {decay_type!r}; known: "
                      f"{sorted(decays)}.")
+  if timescale <= 0:
+    raise ValueError(f"config.schedule's timescale must be positive, not "
+                     f"{timescale}.")
   warmup = utils.steps("warmup", schedule, data_size, batch_size, default=0)
   cooldown = utils.steps("cooldown", schedule, data_size, batch_size,
                          default=0)
+  if min(warmup, cooldown) < 0:
+    raise ValueError(f"config.schedule's warmup ({warmup} steps) and cooldown "
+                     f"({cooldown} steps) must not be negative.")
   # Runs of 0 or 1 steps (eval only, debugging) may keep the config's warmup.
   if total_steps > 1 and warmup >= total_steps:
     raise ValueError(f"Warmup ({warmup} steps, config.schedule's warmup_*) "
@@ -194,6 +202,10 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
   if not any(jax.tree.leaves(trainable)):
     raise ValueError("config.schedule freezes every parameter.")
 
+  for key in ("grad_clip_norm", "wd"):
+    if (config.get(key) or 0) < 0:
+      raise ValueError(f"config.{key} must not be negative, not "
+                       f"{config[key]}; 0 or None turns it off.")
   txs = []
   if config.get("grad_clip_norm"):
     txs.append(optax.masked(
@@ -203,9 +215,9 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
   txs.append(optax.scale(lr))
   index, mults = _first_match(params, config.get("lr_mults", []),
                               "config.lr_mults")
-  if bad := [m for m in mults if m <= 0]:
-    raise ValueError(f"config.lr_mults must be positive, not {bad}; freeze "
-                     "with a None schedule instead.")
+  if bad := [m for m in mults if not _is_number(m) or m <= 0]:
+    raise ValueError(f"config.lr_mults must be positive numbers, not {bad}; "
+                     "freeze with a None schedule instead.")
   txs += [optax.masked(optax.scale(m), mask)
           for m, mask in zip(mults, _masks(index, len(mults)))]
 
@@ -214,6 +226,11 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
     index, mults = _first_match(
         params, config.get("wd_mults", [("(.*/)?kernel", 1.0)]),
         "config.wd_mults")
+    if not mults:
+      raise ValueError(f"config.wd={wd} with an empty config.wd_mults decays "
+                       "nothing: give wd_mults rules, or set wd=0.")
+    if bad := [m for m in mults if not _is_number(m) or m < 0]:
+      raise ValueError(f"config.wd_mults must be numbers >= 0, not {bad}.")
     txs += [optax.add_decayed_weights(wd * m, mask)
             for m, mask in zip(mults, _masks(index, len(mults)))]
 
@@ -231,14 +248,25 @@ def make(config, params, *, total_steps, data_size=None, batch_size=None):
   return optax.chain(*txs), sched_fns
 
 
+def _is_number(x):
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _named_transform(config):
-  """Returns `config.optax_name(**config.optax)`, ours first, then optax's."""
+  """Returns `config.optax_name(**config.optax)`, ours first, then optax's.
+
+  big_vision's names of its own transformations ("big_vision.NAME") find
+  ours, so that its configs' optimizer settings carry over.
+  """
   name = config.get("optax_name")
+  if isinstance(name, str):
+    name = name.removeprefix("big_vision.")
   try:
     fn = TRANSFORMS.get(name) or operator.attrgetter(name)(optax)
   except (AttributeError, TypeError):
     fn = None
-  if not callable(fn):
+  # optax also exports classes (e.g. GradientTransformation): not transforms.
+  if not callable(fn) or isinstance(fn, type):
     raise ValueError(f"Unknown config.optax_name {name!r}: neither one of "
                      f"{sorted(TRANSFORMS)} nor an optax function.")
   return fn(**config.get("optax", {}))
@@ -268,13 +296,17 @@ def _first_match(params, rules, what):
   names = [name for name, _ in utils.named_leaves(params)]
   index = [next((i for i, r in enumerate(regexes) if r.fullmatch(name)), -1)
            for name in names]
-  # Regex typos fail silently otherwise: say what matched what.
+  # A regex typo would otherwise silently leave its parameters at the
+  # default (e.g. a pre-trained encoder trained at 10x its lr_mult).
   for i, (pattern, value) in enumerate(rules):
     if matched := [name for name, j in zip(names, index) if j == i]:
       logging.info("%s: %r (%s) matches %d parameters, e.g. %s", what,
                    pattern, value, len(matched), matched[:3])
     else:
-      logging.warning("%s: %r matches no parameter.", what, pattern)
+      raise ValueError(
+          f"{what}: {pattern!r} matches no parameter (before it, rules "
+          f"{[p for p, _ in rules[:i]]} match first); the parameters are "
+          f"e.g. {names[:5]}. Fix or remove the rule.")
   index = jax.tree.unflatten(jax.tree.structure(params), index)
   return index, values
 
