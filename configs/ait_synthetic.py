@@ -248,7 +248,8 @@ def _lm_tasks(names, smoke, aux):
         type="codes",
         tokenizer=_tokenizer(
             get_config("smoke" if smoke else "depth_tokenizer")),
-        # AiT's SILog auxiliary loss, weight 1 (its depth setting).
+        # AiT's auxiliary loss at its depth weight 1, but with uvimx's SILog
+        # (lambda 0.85, x10: about 6x AiT's lambda 0.5 unscaled one).
         aux_weight=1.0 if aux else 0.0, aux_tau=0.8,
         # Greedy; soft tokens into the LM and the detokenizer (tau 0.8):
         # AiT's inference. The predict fn depth_hard has neither.

@@ -6,7 +6,9 @@ Variants:
                              decoder, 2+2+2 k-means decoder layers at strides
                              32, 16, 8; K = 9 classes (semseg) or 16 clusters.
   perpixel_{semseg,depth,normals}  the same encoder and pixel decoder with a
-                             1x1 conv head: the paper's per-pixel baseline.
+                             1x1 conv head: the paper's per-pixel baseline,
+                             trained with the same losses (for depth, the
+                             paper's baseline needed Charbonnier instead).
   smoke                      depth, tiny, a few steps on synthetic_scenes/tiny
                              (seconds; used by the tests).
 

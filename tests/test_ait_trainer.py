@@ -56,6 +56,9 @@ def test_vocabulary_and_sequence_layout(smoke):
   # Instances: 65 box coordinates, 4 classes + noise, 16 mask codes.
   assert instances.vocab_size == 65 + 5 + 16
   assert trainer.model.seq_len == max(64, 8 * 21)
+  # Sampling never draws the noise class (id 3 + 16 + 65 + 4).
+  class_ranges = instances.position_ranges()[4::21]
+  assert (class_ranges == [3 + 16 + 65, 3 + 16 + 65 + 4]).all()
   config = ait_synthetic.get_config("lm_smoke")
   config.model.vocab_size = 100
   with pytest.raises(ValueError, match="vocab_size is 100.*derived"):
@@ -161,6 +164,10 @@ def test_instance_aux_loss_is_dice_plus_mse_of_real_objects(smoke):
   task, state = trainer.tasks["instances"], variables["state"]["instances"]
   task = type(task).__new__(type(task))
   task.__dict__.update(trainer.tasks["instances"].__dict__, aux_tau=1.0)
+  # The decoder's output bias raised, so that masks go beyond 1.
+  state = jax.tree_util.tree_map_with_path(
+      lambda path, x: x + 2 if "to_label']['bias" in jax.tree_util.keystr(
+          path) else x, state)
   seqs = task.sequences(state, batch, jax.random.key(3))
   logits = _one_hot_logits(seqs["targets"], trainer.model.vocab_size)
   aux = np.asarray(task.aux_loss(state, logits, batch, seqs))
@@ -169,7 +176,7 @@ def test_instance_aux_loss_is_dice_plus_mse_of_real_objects(smoke):
   codec = task.codec
   targets = np.asarray(seqs["targets"]).reshape(
       -1, codec.max_instances, codec.object_len)
-  expected = []
+  expected, unclipped = [], []
   for i, objects in enumerate(np.asarray(seqs["objects"])):
     values = []
     for j, slot in enumerate(objects):
@@ -179,11 +186,25 @@ def test_instance_aux_loss_is_dice_plus_mse_of_real_objects(smoke):
       pred = np.asarray(task.tokenizer.decode_labels(
           state, jax.nn.one_hot(codes[None], codec.num_codes)))[0]
       gt = batch["masks"][i, slot]
-      dice = 1 - (2 * np.sum(pred * gt) + 1) / (pred.sum() + gt.sum() + 1)
-      values.append(dice + np.mean((pred - gt) ** 2))
-    expected.append(np.mean(values))
+      dice = lambda p, gt=gt: 1 - (2 * np.sum(p * gt) + 1) / (
+          p.sum() + gt.sum() + 1)
+      # Dice of the mask clipped to [0, 1] (as AiT), MSE of the raw one.
+      mse = np.mean((pred - gt) ** 2)
+      values.append((dice(np.clip(pred, 0, 1)) + mse, dice(pred) + mse))
+    expected.append(np.mean(values, axis=0))
+  expected, unclipped = np.array(expected).T
   assert (np.asarray(seqs["objects"]) >= 0).sum(1).tolist() == [3] * 4
   np.testing.assert_allclose(aux, expected, rtol=1e-4)
+  assert np.abs(expected - unclipped).max() > 1e-2  # Clipping matters here.
+
+
+@pytest.mark.parametrize("variant", ["lm_smoke", "instances_lm"])
+def test_parallel_needs_a_single_codes_task(variant):
+  # AiT-P's inputs carry no task token and no earlier object.
+  config = ait_synthetic.get_config(variant)
+  config.model.parallel = True
+  with pytest.raises(ValueError, match="needs a single 'codes' task"):
+    trainers.get_trainer(config)
 
 
 def test_predict_fns(smoke):

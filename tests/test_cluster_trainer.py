@@ -123,11 +123,14 @@ def test_loss_is_final_plus_weighted_earlier_layers(variant):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("variant,key,invalid", [
-    ("semseg", "semantics", 255), ("depth", "depth", 0),
-    ("normals", "normals", 0)])
-def test_pixels_without_a_label_do_not_count(variant, key, invalid):
+@pytest.mark.parametrize("variant,key,invalid,ignore_label", [
+    ("semseg", "semantics", 255, 255), ("semseg", "semantics", 0, 0),
+    ("depth", "depth", 0, None), ("normals", "normals", 0, None)])
+def test_pixels_without_a_label_do_not_count(variant, key, invalid,
+                                             ignore_label):
   config = _small(variant)
+  if ignore_label is not None:  # Also one inside [0, num_classes).
+    config.task.ignore_label = ignore_label
   trainer = trainers.get_trainer(config)
   batch = _batch(config)
   params = trainer.init(jax.random.key(0), batch)["params"]
@@ -178,6 +181,10 @@ def test_unknown_loss_term_or_task_is_an_error():
   config = _small("depth")
   config.loss = dict(silog=1.0, xent=1.0)
   with pytest.raises(ValueError, match="Unknown config.loss terms.*xent"):
+    trainers.get_trainer(config)
+  config = _small("depth")
+  config.loss = dict(silog=0.0)
+  with pytest.raises(ValueError, match="weights no term"):
     trainers.get_trainer(config)
   config = _small("depth")
   config.task = dict(name="panoptic", num_classes=3)

@@ -58,6 +58,10 @@ def test_vocabulary_layout_and_position_ranges():
   expected = [[5, 15]] * 4 + [[15, 19]] + [[19, 26]] * 4
   np.testing.assert_array_equal(ranges, np.array(expected * 2))
   assert codec.noise_token == 18
+  # Sampling draws real classes only (15..17), as AiT.
+  expected[4] = [15, 18]
+  np.testing.assert_array_equal(codec.sampling_ranges(),
+                                np.array(expected * 2))
 
 
 # Most tests share one codec and batch shape (B=4, M=7), to compile once.

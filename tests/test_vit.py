@@ -160,6 +160,9 @@ def test_learned_posemb_init_and_sincos_values():
   np.testing.assert_allclose(fixed[0, 1, 128:], fixed[0, 0, 128:])
   with pytest.raises(ValueError, match="Unknown posemb"):
     Posemb("sincos").init(jax.random.key(0))
+  # Width 4: one frequency per quarter, whose spacing 1 / (n - 1) is undefined.
+  with pytest.raises(ValueError, match="at least 8, got 4"):
+    vit.posemb_sincos_2d(2, 2, 4)
 
 
 def test_vit_dense_param_names_and_output_layout():

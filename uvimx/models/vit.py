@@ -31,9 +31,9 @@ def posemb_sincos_2d(h, w, width, temperature=10_000.0, dtype=jnp.float32):
   Returns:
     The (1, h * w, width) embeddings.
   """
-  if width % 4:
+  if width % 4 or width < 8:
     raise ValueError(f"sincos2d position embeddings need a width that is a "
-                     f"multiple of 4, got {width}.")
+                     f"multiple of 4 and at least 8, got {width}.")
   n = width // 4
   omega = 1.0 / temperature ** (np.arange(n) / (n - 1))
   y, x = np.mgrid[:h, :w]

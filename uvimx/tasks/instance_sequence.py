@@ -12,7 +12,7 @@ num_codes` consecutive ids starting at `offset` (the LM may put several
 tasks into one vocabulary): box bins [offset, offset + num_bins), classes
 (the thing classes 0..num_classes-1, then the NOISE class num_classes),
 mask codes. `position_ranges()` gives each sequence position's [lo, hi)
-slice, so that sampling can restrict a position to its token type.
+slice; `sampling_ranges()`, without the noise class, restricts sampling.
 
 Training sequences (`build`), following Pix2Seq's sequence augmentation as
 AiT uses it (SwinTransformer/AiT `insseg_head.py`):
@@ -176,6 +176,17 @@ class InstanceSequence:
                   [(self.mask_start, self.offset + self.vocab_size)]
                   * self.mask_len)
     return np.tile(np.array(per_object, np.int32), (self.max_instances, 1))
+
+  def sampling_ranges(self):
+    """`position_ranges` with the noise class left out, for inference.
+
+    As AiT and Pix2Seq: every object slot gets a real class, which `parse`
+    scores by its probability under the softmax over the classes and noise,
+    so an unlikely object ranks low instead of disappearing.
+    """
+    ranges = self.position_ranges()
+    ranges[4::self.object_len, 1] = self.noise_token
+    return ranges
 
   def _fix_boxes(self, boxes):
     """Clip to [0, 1], order the ends, widen to at least one step."""

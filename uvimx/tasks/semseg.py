@@ -30,14 +30,20 @@ def label_spec(config):
   return {"semantics": common.label_map_spec(config, jnp.int32)}
 
 
+def valid_labels(labels, num_classes, ignore_label=None):
+  """Where `labels` is a class id in [0, num_classes) and not `ignore_label`."""
+  valid = (labels >= 0) & (labels < num_classes)
+  if ignore_label is not None:
+    valid &= labels != ignore_label
+  return valid
+
+
 def targets(batch, config):
   """Labels -> (class ids, valid mask), both (B, num_patches, patch_pixels)."""
   labels = common.to_patches(batch["semantics"], config)[:, :, 0]
   args = _args(config)
-  valid = (labels >= 0) & (labels < args["num_classes"])
-  if args["ignore_label"] is not None:
-    valid &= labels != args["ignore_label"]
-  return labels, valid
+  return labels, valid_labels(labels, args["num_classes"],
+                              args["ignore_label"])
 
 
 def model_inputs(batch, config):

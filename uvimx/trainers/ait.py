@@ -149,7 +149,7 @@ class InstancesTask:
                 (batch_size, m, *self.tokenizer.label_size), jnp.float32)}
 
   def position_ranges(self):
-    return np.asarray(self.codec.position_ranges())
+    return np.asarray(self.codec.sampling_ranges())
 
   def _mask_codes(self, state, masks):
     """(B, M, S, S) masks -> (B, M, mask_len) codes of the mask tokenizer."""
@@ -186,7 +186,10 @@ class InstancesTask:
                              jnp.maximum(objects, 0)[..., None, None], axis=1)
     gt = gt.reshape(pred.shape)
     everywhere = jnp.ones(pred.shape, bool)
-    per_object = (losses.dice(pred[..., None], gt[..., None], everywhere)
+    # Dice on the clipped masks, as AiT: unclipped, values beyond [0, 1]
+    # would lower it (above 1 inside the mask, below 0 outside).
+    per_object = (losses.dice(jnp.clip(pred, 0, 1)[..., None], gt[..., None],
+                              everywhere)
                   + jnp.mean(jnp.square(pred - gt), axis=(1, 2)))
     per_object = per_object.reshape(b, n)
     return (jnp.sum(per_object * real, axis=1)
@@ -231,6 +234,16 @@ class Trainer:
                          f"{sorted(_TASK_TYPES)}.")
       self.tasks[name] = _TASK_TYPES[kind](task_config, name, offset)
       offset += self.tasks[name].vocab_size
+    # AiT-P replaces every input, the task token too, by the parallel token:
+    # AiT uses it for one dense-token task (depth), not for sequences whose
+    # objects depend on the earlier ones.
+    if config.model.get("parallel") and (
+        len(self.tasks) > 1 or "instances" in [
+            config.tasks[n].get("type") for n in self.names]):
+      raise ValueError(
+          "config.model.parallel=True (AiT-P) needs a single 'codes' task: "
+          "its inputs carry neither the task token nor earlier tokens; got "
+          f"tasks {self.names}.")
     self.seq_len = max(t.seq_len for t in self.tasks.values())
     derived = {"vocab_size": offset, "seq_len": self.seq_len}
     for key, value in derived.items():

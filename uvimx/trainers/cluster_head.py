@@ -19,8 +19,8 @@ Loss terms (each a per-example mean over valid pixels, see uvimx/losses.py):
   depth    silog, relative_squared_error, gradient_matching, charbonnier
   normals  normals_l2, normals_angular
 
-Valid pixels: semseg labels in [0, num_classes) (so `ignore_label`, like any
-other id outside, is left out), depth > 0, normals not the zero vector.
+Valid pixels: semseg labels in [0, num_classes) other than `ignore_label`,
+depth > 0, normals not the zero vector.
 """
 import functools
 
@@ -31,6 +31,7 @@ from uvimx import losses
 from uvimx import tasks
 from uvimx.models import cluster_head
 from uvimx.tasks import common
+from uvimx.tasks import semseg
 
 # Per task: its config.task arguments with defaults, and its loss terms.
 _TASK_ARGS = {
@@ -63,6 +64,10 @@ class Trainer:
     if unknown:
       raise ValueError(f"Unknown config.loss terms {unknown} for task "
                        f"{self.task_name!r}; it has {_TERMS[self.task_name]}.")
+    if not any(self.weights.values()):
+      raise ValueError(f"config.loss {self.weights} weights no term: the "
+                       "model would not train; give some of "
+                       f"{_TERMS[self.task_name]} a weight.")
     self.aux_weight = config.get("aux_weight", 1.0)
     model = dict(config.model)
     self.label_size = tuple(model.pop("input_size"))
@@ -91,7 +96,8 @@ class Trainer:
     if self.task_name == "semseg":
       labels = batch["semantics"][..., 0]
       num_classes = self.task_args["num_classes"]
-      valid = (labels >= 0) & (labels < num_classes)
+      valid = semseg.valid_labels(labels, num_classes,
+                                  self.task_args["ignore_label"])
       logits = prediction["semantics"]
       fns = {
           "xent": lambda: losses.softmax_xent(logits, labels, valid),
