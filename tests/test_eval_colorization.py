@@ -241,16 +241,17 @@ def test_evaluator_uint8_images_as_their_floats(tfds_data_dir, tmp_path):
   labels8 = rng.integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
   preds8 = 255 - labels8
 
+  evaluator = colorization.Evaluator(
+      lambda v, b: {}, **_kwargs(tfds_data_dir, num_devices=1, batch_size=2),
+      inception_weights=str(weights))
+  inception_fn = evaluator.inception
+
   def evaluate(labels, preds):
     """The metrics and the images that went through Inception."""
-    evaluator = colorization.Evaluator(
-        lambda v, b: {}, **_kwargs(tfds_data_dir, num_devices=1,
-                                   batch_size=2),
-        inception_weights=str(weights))
     evaluator.predictions = lambda variables: iter([
         ({"labels": labels[i:i + 2], "_mask": np.array([True, True])},
          {"color": preds[i:i + 2]}) for i in (0, 2)])
-    calls, inception_fn = [], evaluator.inception
+    calls = []
 
     def recording(variables, images):
       calls.append(np.asarray(images))
