@@ -15,8 +15,9 @@ parameters; `make` turns it into one `optax.GradientTransformation`:
 Per-parameter settings are lists of `(regex, value)`; a regex must match the
 whole "/"-joined parameter path (e.g. "encoder/Dense_0/kernel"), the first
 matching rule wins, and a rule that matches no parameter (a typo, or one that
-an earlier rule shadows) is an error. `config.schedule` may also be such a list, to give groups
-of parameters their own schedule; a `None` schedule freezes the group.
+an earlier rule shadows) is an error. `config.schedule` may also be such a
+list, to give groups of parameters their own schedule; a `None` schedule
+freezes the group.
 
 For a trainable parameter `p` with gradient `g`, one step does
 

@@ -238,8 +238,8 @@ class Trainer:
     # AiT uses it for one dense-token task (depth), not for sequences whose
     # objects depend on the earlier ones.
     if config.model.get("parallel") and (
-        len(self.tasks) > 1 or "instances" in [
-            config.tasks[n].get("type") for n in self.names]):
+        len(self.tasks) > 1 or
+        any(isinstance(t, InstancesTask) for t in self.tasks.values())):
       raise ValueError(
           "config.model.parallel=True (AiT-P) needs a single 'codes' task: "
           "its inputs carry neither the task token nor earlier tokens; got "
