@@ -266,6 +266,20 @@ def test_code_dropout_mask(mode):
   np.testing.assert_allclose(mask.mean(0), rate, atol=0.03)
 
 
+def test_code_dropout_rate_spares_the_other_examples():
+  batch, code_len = 4000, 16
+  key = jax.random.key(0)
+  every = np.asarray(uvim.code_dropout_mask(key, (batch, code_len), "random"))
+  quarter = np.asarray(
+      uvim.code_dropout_mask(key, (batch, code_len), "random", rate=0.25))
+  whole = quarter.all(1)
+  # An example is dropped out as at rate 1, or keeps its whole code.
+  np.testing.assert_array_equal(quarter[~whole], every[~whole])
+  # Spared with probability 0.75; a dropped-out one keeps everything when
+  # its threshold falls under the last importance, 1/17: 0.75 + 0.25 / 17.
+  assert whole.mean() == pytest.approx(0.75 + 0.25 / 17, abs=0.03)
+
+
 def test_code_dropout_zeroes_code_positions_in_training_only(small_variables):
   model = _small_model(code_dropout="prefix")
   code = jnp.ones((64, 4), int)
@@ -291,6 +305,7 @@ def test_code_dropout_zeroes_code_positions_in_training_only(small_variables):
 
 @pytest.mark.parametrize("kw, match", [
     (dict(code_dropout="drop"), "code_dropout"),
+    (dict(code_dropout_rate=1.5), "code_dropout_rate"),
     (dict(bottleneck_resize=True, code_len=8), "square"),
     (dict(input_size=(9, 8)), "multiple"),
     (dict(with_decoder_ctx=True), "ctx="),

@@ -31,7 +31,7 @@ from uvimx.models import vq
 CODE_DROPOUT = ("none", "random", "prefix")
 
 
-def code_dropout_mask(key, shape, mode):
+def code_dropout_mask(key, shape, mode, rate=1.0):
   """Which code positions the base model sees in a training step.
 
   As big_vision: position i of L has importance (L - i) / (L + 1), and each
@@ -44,6 +44,8 @@ def code_dropout_mask(key, shape, mode):
     key: PRNG key.
     shape: (batch, code_len).
     mode: "prefix" or "random".
+    rate: the fraction of examples whose code is dropped out at all; the
+      others keep every position (1.0, UViM's: all of them).
 
   Returns:
     A bool mask of `shape`, True where the codeword is kept.
@@ -56,6 +58,10 @@ def code_dropout_mask(key, shape, mode):
   if mode == "random":
     mask = jax.random.permutation(key_shuffle, mask, axis=-1,
                                   independent=True)
+  if rate < 1.0:
+    # fold_in leaves the draws above as UViM's for rate 1.
+    spared = jax.random.uniform(jax.random.fold_in(key, 1), (batch,)) >= rate
+    mask = mask | spared[:, None]
   return mask
 
 
@@ -94,6 +100,8 @@ class Model(nn.Module):
     with_encoder_ctx: the oracle also sees the image (a patch-conv stem).
     with_decoder_ctx: the base model also sees the image.
     code_dropout: "none", "random" or "prefix", see `code_dropout_mask`.
+    code_dropout_rate: the fraction of training examples whose code is
+      dropped out (the others keep all of it); 1.0 as UViM.
     bottleneck_resize: linear resizing between the token grid and a
       sqrt(code_len)^2 code grid instead of learned token-mixing matrices.
     zero_decoder_seq: the base model gets an all-zero code (it then sees only
@@ -120,6 +128,7 @@ class Model(nn.Module):
   with_encoder_ctx: bool = False
   with_decoder_ctx: bool = False
   code_dropout: str = "none"
+  code_dropout_rate: float = 1.0
   bottleneck_resize: bool = False
   zero_decoder_seq: bool = False
 
@@ -181,6 +190,9 @@ class Model(nn.Module):
     if self.code_dropout not in CODE_DROPOUT:
       raise ValueError(f"Unknown code_dropout {self.code_dropout!r}: use one "
                        f"of {CODE_DROPOUT}.")
+    if not 0 <= self.code_dropout_rate <= 1:
+      raise ValueError(f"code_dropout_rate is a fraction of the examples, "
+                       f"in [0, 1]; got {self.code_dropout_rate}.")
     if np.any(np.array(self.input_size) % np.array(self.patch_size)):
       raise ValueError(f"input_size {tuple(self.input_size)} is not a "
                        f"multiple of patch_size {tuple(self.patch_size)}.")
@@ -268,7 +280,7 @@ class Model(nn.Module):
       x = jnp.zeros_like(x)
     if train and self.code_dropout != "none":
       mask = code_dropout_mask(self.make_rng("dropout"), x.shape[:2],
-                               self.code_dropout)
+                               self.code_dropout, self.code_dropout_rate)
       x = x * mask[:, :, None]
 
     x = self.code_tokens(x)
