@@ -97,11 +97,11 @@ def _log_training(writer, step, history, *, total_steps, batch_size, lr,
   means = {k: float(np.mean([m[k] for _, m in history]))
            for k in history[-1][1] if k != "nonfinite"}
   steps_per_s = len(history) / seconds
-  eta = (total_steps - step) / steps_per_s
+  eta = round((total_steps - step) / steps_per_s)  # Seconds; may pass a day.
   logging.info(
-      "step %d/%d  loss %.4f  %.2f steps/s  %.1f images/s  lr %.3g  ETA %s",
-      step, total_steps, means["loss"], steps_per_s, steps_per_s * batch_size,
-      lr, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      "step %d/%d  loss %.4f  %.2f steps/s  %.1f images/s  lr %.3g  "
+      "ETA %d:%02d:%02d", step, total_steps, means["loss"], steps_per_s,
+      steps_per_s * batch_size, lr, eta // 3600, eta // 60 % 60, eta % 60)
   writer.write_scalars(step, {
       **{f"train/{k}": v for k, v in means.items()},
       "train/lr": lr, "train/steps_per_s": steps_per_s,
@@ -122,6 +122,22 @@ def _evaluate(writer, step, evals, variables):
                  time.perf_counter() - start,
                  ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     writer.write_scalars(step, metrics)
+
+
+def _watch_preemption():
+  """(preempted(step), stop_watching()): preempted is True once SIGTERM asked
+  the run to stop.
+
+  Several processes must stop at the same step: jax's preemption sync point
+  says when. It has its own SIGTERM listener, which a Python handler would
+  replace (the signal would then never reach it).
+  """
+  if jax.process_count() > 1:
+    return multihost_utils.reached_preemption_sync_point, lambda: None
+  requested = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: requested.append(True))
+  return (lambda step: bool(requested),
+          lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def train_and_evaluate(config, workdir):
@@ -153,6 +169,13 @@ def train_and_evaluate(config, workdir):
         f"The workdir {workdir!r} holds a checkpoint of step {start_step}, "
         f"past config.total_steps={total_steps}: raise total_steps to train "
         "on, or give a new --workdir (e.g. to evaluate config.model_init).")
+  keep = config.get("keep_checkpoint_steps")
+  if keep and (not checkpoint_steps or keep % checkpoint_steps):
+    raise ValueError(
+        f"config.keep_checkpoint_steps={keep} keeps the checkpoints whose "
+        f"step it divides, but checkpoints are written every "
+        f"{checkpoint_steps or 'no'} steps: make it a multiple of "
+        "config.checkpoint_steps.")
   sharding.check_batch_size(batch_size, mesh, "config.input.batch_size")
 
   batch_spec = _batch_spec(train_ds, trainer)
@@ -184,18 +207,13 @@ def train_and_evaluate(config, workdir):
   evaluators_common.check_inputs(evals, _variables(setup.abstract_state))
 
   # Preemption: finish the current step, checkpoint, exit cleanly.
-  preempt_requested = []
-  previous_handler = signal.signal(
-      signal.SIGTERM, lambda *_: preempt_requested.append(True))
-
-  def preempted(step):
-    if jax.process_count() > 1:  # All processes must stop at the same step.
-      return multihost_utils.reached_preemption_sync_point(step)
-    return bool(preempt_requested)
-
+  preempted, stop_watching = _watch_preemption()
   try:
-    if total_steps == 0:
-      _evaluate(writer, 0, evals, _variables(train_state))
+    if start_step == total_steps:
+      # Nothing to train (total_steps 0, or a finished run run again, e.g.
+      # one preempted during its final evals): its evals at the last step.
+      logging.info("Step %d of %d: evaluating only.", start_step, total_steps)
+      _evaluate(writer, total_steps, evals, _variables(train_state))
     batches = train_ds.as_numpy_iterator()
     # Measurements stay on device until a log or checkpoint step needs them,
     # so the host never waits for the device in between.
@@ -213,12 +231,13 @@ def train_and_evaluate(config, workdir):
       if is_checkpoint or is_log:
         history = jax.device_get(history)
         _raise_if_nonfinite(history, last_checkpoint, config)
-        if is_log:
-          lr = float(setup.sched_fns[0](step - 1))  # Of update `step`.
-          _log_training(writer, step, history, total_steps=total_steps,
-                        batch_size=batch_size, lr=lr,
-                        seconds=time.perf_counter() - since)
+      if is_log:  # The means of all steps since the last log.
+        lr = float(setup.sched_fns[0](step - 1))  # Of update `step`.
+        _log_training(writer, step, history, total_steps=total_steps,
+                      batch_size=batch_size, lr=lr,
+                      seconds=time.perf_counter() - since)
         history, since = [], time.perf_counter()
+      paused = time.perf_counter()  # Saves and evals do not count as steps.
       if is_checkpoint:
         checkpoint.save(mngr, step, train_state)
         last_checkpoint = step
@@ -227,16 +246,19 @@ def train_and_evaluate(config, workdir):
       # Also when preempted: the resumed run starts after this step.
       due = [e for e in evals if e.due(step, total_steps)]
       _evaluate(writer, step, due, _variables(train_state))
+      since += time.perf_counter() - paused
       if stop:
         logging.info("Preempted: checkpointed step %d, exiting.", step)
         break
   finally:
     # Also on errors: pending checkpoint writes complete, so the last good
     # checkpoint is valid.
-    signal.signal(signal.SIGTERM, previous_handler)
-    mngr.wait_until_finished()
-    mngr.close()
-    writer.flush()
+    stop_watching()
+    try:
+      mngr.wait_until_finished()
+      mngr.close()
+    finally:
+      writer.close()
   return train_state
 
 

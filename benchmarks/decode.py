@@ -63,9 +63,10 @@ def _random_params(model):
   shapes = jax.eval_shape(model.init, jax.random.key(0), _images(1),
                           jnp.zeros((1, model.seq_len), jnp.int32))
   rng = np.random.default_rng(0)
-  return jax.tree.map(
+  # On the device: numpy arguments would be copied to it at every call.
+  return jax.device_put(jax.tree.map(
       lambda x: 0.05 * rng.standard_normal(x.shape, np.float32),
-      shapes["params"])
+      shapes["params"]))
 
 
 def _time(fn, args, min_seconds):

@@ -23,6 +23,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
 _DATASET = flags.DEFINE_string("dataset", "synthetic_scenes/64x64",
                                "TFDS dataset with a uint16 mm `depth` image.")
 _PP = "decode_depth_png|keep('depth')"
+_MAX_DEPTH = 16.0  # Metres; as the evaluator, 0 (missing) and beyond are void.
 
 
 def _depth_maps(split):
@@ -37,17 +38,19 @@ def _depth_maps(split):
 def main(argv):
   del argv
   train, val = _depth_maps("train"), _depth_maps("validation")
+  # Means of the valid depths only (NYU has holes; synthetic_scenes none).
+  train = np.where((train > 0) & (train <= _MAX_DEPTH), train, np.nan)
   references = {
-      "train mean depth map": train.mean(axis=0),
-      "train mean depth": np.full(train.shape[1:], train.mean()),
+      "train mean depth map": np.nanmean(train, axis=0),
+      "train mean depth": np.full(train.shape[1:], np.nanmean(train)),
   }
   print(f"{_DATASET.value}: {len(train)} train, {len(val)} validation maps; "
-        f"depths {train.min():.2f}-{train.max():.2f} m")
+        f"valid depths {np.nanmin(train):.2f}-{np.nanmax(train):.2f} m")
   print("| predictor | rmse (m) | abs_rel | delta1 | silog |")
   print("|---|---|---|---|---|")
   for name, depth_map in references.items():
     pred = np.broadcast_to(depth_map, val.shape)
-    m = depth_eval.depth_metrics(val, pred, max_depth=16.0)
+    m = depth_eval.depth_metrics(val, pred, max_depth=_MAX_DEPTH)
     print(f"| {name} | {m['rmse']:.3f} | {m['abs_rel']:.3f} | "
           f"{m['delta1']:.3f} | {m['silog']:.1f} |")
 

@@ -65,8 +65,9 @@ def train(config_file, variant, total_steps, extra_flags=(), needs=None):
                        f"({last_checkpoint(run, steps)}): train it first.")
     extra_flags = [*extra_flags,
                    f"--config.{field}={last_checkpoint(run, steps)}"]
-  if finished(variant, total_steps):
-    return
+  if finished(variant, total_steps) and any(
+      not tag.startswith("train/") for tag in scalars(variant, total_steps)[0]):
+    return  # Trained and evaluated; else train.py runs its final evals.
   command = [sys.executable, "train.py", f"--config={config_file}:{variant}",
              f"--workdir={workdir(variant)}"]
   if DATA_DIR.value:
@@ -78,16 +79,19 @@ def train(config_file, variant, total_steps, extra_flags=(), needs=None):
 
 
 def scalars(variant, step):
-  """{tag: value} logged at `step`, and the run's wall seconds."""
-  values, times = {}, []
-  for path in glob.glob(os.path.join(workdir(variant),
-                                     "events.out.tfevents.*")):
+  """{tag: value} logged at `step` (the latest, if logged again), and the
+  run's wall seconds (of each resumed part, without the pauses)."""
+  values, seconds = {}, 0.0
+  for path in sorted(glob.glob(os.path.join(workdir(variant),
+                                            "events.out.tfevents.*"))):
+    times = []
     for event in tf.compat.v1.train.summary_iterator(path):
       times.append(event.wall_time)
       for value in event.summary.value:
         if event.step == step:
           values[value.tag] = float(tf.make_ndarray(value.tensor))
-  return values, (max(times) - min(times) if times else float("nan"))
+    seconds += max(times) - min(times) if times else 0.0
+  return values, seconds or float("nan")
 
 
 def trained_model(config, variant):

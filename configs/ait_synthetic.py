@@ -150,7 +150,8 @@ def get_config(arg="depth_tokenizer"):
   config.total_steps = 4 if smoke else 1500
   config.log_training_steps = 2 if smoke else 100
   config.checkpoint_steps = 2 if smoke else 500
-  config.keep_checkpoint_steps = None if smoke else 1000
+  config.keep_checkpoint_steps = (
+      ml_collections.config_dict.placeholder(int) if smoke else 1000)
 
   config.optax_name = "scale_by_adam"
   config.lr = 1e-3
@@ -192,7 +193,7 @@ def _mask_config(smoke):
   config.total_steps = 4 if smoke else 600
   config.log_training_steps = 2 if smoke else 50
   config.checkpoint_steps = 2 if smoke else 300
-  config.keep_checkpoint_steps = None
+  config.keep_checkpoint_steps = ml_collections.config_dict.placeholder(int)
 
   config.optax_name = "scale_by_adam"
   config.lr = 1e-3
@@ -300,7 +301,7 @@ def _lm_config(variant):
   config.total_steps = 4 if smoke else sum(_LM_STEPS[n] for n in names)
   config.log_training_steps = 2 if smoke else 100
   config.checkpoint_steps = 2 if smoke else 500
-  config.keep_checkpoint_steps = None
+  config.keep_checkpoint_steps = ml_collections.config_dict.placeholder(int)
   # UViM's synthetic stage-II optimiser.
   config.optax_name = "scale_by_adafactor"
   config.optax = dict(beta2_cap=0.95)

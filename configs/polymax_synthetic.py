@@ -106,7 +106,8 @@ def get_config(arg="depth"):
   config.total_steps = 4 if smoke else 3000
   config.log_training_steps = 2 if smoke else 100
   config.checkpoint_steps = 2 if smoke else 500
-  config.keep_checkpoint_steps = None if smoke else 1000
+  config.keep_checkpoint_steps = (
+      ml_collections.config_dict.placeholder(int) if smoke else 1000)
 
   # PolyMaX: AdamW at 5e-4 (pre-training), weight decay 0.05. uvimx's wd is
   # big_vision's, not multiplied by the learning rate (see uvimx/optim.py),

@@ -93,7 +93,8 @@ def get_config(arg="semseg"):
   config.total_steps = {"smoke": 6, "semseg": 4000, "depth": 9000}[arg]
   config.log_training_steps = 2 if smoke else 200
   config.checkpoint_steps = 3 if smoke else 500
-  config.keep_checkpoint_steps = None if smoke else 1000
+  config.keep_checkpoint_steps = (
+      ml_collections.config_dict.placeholder(int) if smoke else 1000)
 
   config.optax_name = "scale_by_adafactor"
   config.optax = dict(beta2_cap=0.95)

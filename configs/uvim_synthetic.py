@@ -99,7 +99,8 @@ def _stage1_model(task, smoke):
               dict_size=_DICT[task][0], codeword_dim=32,
               dict_momentum=_DICT[task][1],
               with_encoder_ctx=True, with_decoder_ctx=True,
-              code_dropout="random", bottleneck_resize=True)
+              code_dropout="random", code_dropout_rate=1.0,
+              bottleneck_resize=True)
 
 
 def _common(task, smoke):
@@ -118,7 +119,8 @@ def _common(task, smoke):
   config.task = _TASKS[task]["task"]
   config.log_training_steps = 2 if smoke else 100
   config.checkpoint_steps = 3 if smoke else 500
-  config.keep_checkpoint_steps = None if smoke else 1000
+  config.keep_checkpoint_steps = (
+      ml_collections.config_dict.placeholder(int) if smoke else 1000)
   config.optax_name = "scale_by_adafactor"
   config.optax = dict(beta2_cap=0.95)
   config.wd = 1e-4

@@ -148,10 +148,16 @@ class Predictions:
 
 
 def process_sum(x):
-  """Sums a numpy array (e.g. a metric accumulator) over all processes."""
+  """Sums a numpy array (e.g. a metric accumulator) over all processes.
+
+  Its bytes travel, not its values: the gather puts them on devices, which
+  (x64 off) would wrap int64 counts to int32 and round float64 sums.
+  """
+  x = np.asarray(x)
   if jax.process_count() == 1:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x)).sum(axis=0)
+    return x
+  gathered = multihost_utils.process_allgather(x.reshape(-1).view(np.uint8))
+  return np.asarray(gathered).view(x.dtype).reshape((-1,) + x.shape).sum(0)
 
 
 def get(arrays, key, what):

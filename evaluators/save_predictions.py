@@ -54,7 +54,8 @@ class Evaluator:
       pp: pp string of the eval examples.
       batch_size: global eval batch size.
       outfile: path of the .npz ("{workdir}" is already filled in).
-      num_examples: how many examples to save; None: the whole split.
+      num_examples: how many examples to save; None: all of process 0's
+        shard (the whole split when there is one process).
       keys: batch keys to save; None: all but `_mask` (all numeric: they
         went through the jitted predict fn).
     """

@@ -211,13 +211,15 @@ def test_non_autoregressive_samples_in_one_pass():
     (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=V + 1), "top_k"), (dict(top_p=1.5), "top_p"),
     (dict(encode_chunk=3), "encode_chunk"),
-    (dict(soft_tokens=True, cached=False), "soft_tokens")])
+    (dict(soft_tokens=True, cached=False), "soft_tokens"),
+    (dict(seeds=jnp.arange(3)), r"one seed per image, shape \(4,\)")])
 def test_bad_options_raise(options, match):
   model, params, _ = test_lm.random_lm()
+  options = dict(options)
+  seeds = options.pop("seeds", jnp.arange(4))
   with pytest.raises(ValueError, match=match):
     jax.eval_shape(lambda p: decode.sample(
-        model, p, jnp.zeros((4, 32, 32, 3)), jnp.arange(4), **options),
-                   params)
+        model, p, jnp.zeros((4, 32, 32, 3)), seeds, **options), params)
 
 
 def test_first_tokens_cached_equals_uncached():

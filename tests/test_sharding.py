@@ -66,3 +66,26 @@ def test_fsdp_rule_needs_an_fsdp_axis():
   tree = {"w": jax.ShapeDtypeStruct((8, 8), np.float32)}
   with pytest.raises(ValueError, match="no 'fsdp' axis"):
     sharding.infer_shardings(tree, mesh, [(".*", "fsdp")])
+
+
+@pytest.mark.parametrize("launch, connects", [
+    ({}, False),
+    # Inside a SLURM allocation, python run directly: one process.
+    ({"SLURM_JOB_ID": "7"}, False),
+    # srun: JAX reads the processes from the step's variables.
+    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]",
+      "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, True),
+    ({"JAX_COORDINATOR_ADDRESS": "host:1234"}, True),
+])
+def test_distributed_is_initialized_for_multi_process_launches(
+    monkeypatch, launch, connects):
+  for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+               "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in launch.items():
+    monkeypatch.setenv(name, value)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize",
+                      lambda: calls.append(True))
+  sharding.maybe_initialize_distributed()
+  assert calls == ([True] if connects else [])

@@ -41,10 +41,10 @@ def checkpoint_steps(workdir):
                 .iterdir() if p.name.isdigit())
 
 
-def scalars(workdir, tag):
+def scalars(workdir, tag, files="events.out.tfevents.*"):
   """{step: value} of a TensorBoard scalar written by the run."""
   values = {}
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+  for path in glob.glob(os.path.join(workdir, files)):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
         if value.tag == tag:
@@ -142,6 +142,14 @@ def test_workdir_and_step_mistakes_raise(tfds_data_dir, tmp_path):
     train.train_and_evaluate(small, str(tmp_path / "small"))
   assert not (tmp_path / "small" / "checkpoints").exists() or not (
       checkpoint_steps(tmp_path / "small"))
+  with pytest.raises(ValueError, match="keep_checkpoint_steps=0 must be a "
+                     "positive number"):
+    train.train_and_evaluate(config(keep_checkpoint_steps=0),
+                             str(tmp_path / "keep0"))
+  with pytest.raises(ValueError, match="keep_checkpoint_steps=4 keeps .* "
+                     "every 3 steps: make it a multiple"):
+    train.train_and_evaluate(config(keep_checkpoint_steps=4),
+                             str(tmp_path / "keep4"))
   # 8 devices in the tests (conftest): a batch of 12 does not split evenly.
   odd = config(total_steps=3)
   odd.input.batch_size = 12
@@ -172,9 +180,49 @@ def test_an_update_that_overflows_the_params_is_not_applied():
   assert_trees_equal(after, before)
 
 
+class _StateTrainer:
+  """Updates state["ema"] by `factor`; passes state["frozen"] through."""
+
+  def __init__(self, factor):
+    self.factor = factor
+
+  def loss(self, params, state, batch, rng):
+    del batch, rng
+    new_state = dict(state, ema=state["ema"] * self.factor)
+    return params["w"].sum(), (new_state, {})
+
+
+@pytest.mark.parametrize("factor, applied", [(2.0, True), (np.nan, False)])
+def test_a_step_that_makes_the_model_state_nan_is_not_applied(factor,
+                                                              applied):
+  tx = optax.sgd(0.1)
+  params = {"w": jax.numpy.ones(2)}
+  # A frozen model passed through as it came is not checked: a NaN there
+  # is the pre-trained model's, not this step's.
+  state = {"ema": jax.numpy.ones(3), "frozen": jax.numpy.full(2, np.nan)}
+  before = {"params": params, "opt": tx.init(params), "state": state,
+            "rng": jax.random.key_data(jax.random.key(0))}
+  after, measurements = train_state.make_train_step(
+      _StateTrainer(factor), tx)(before, {}, 1)
+  assert bool(measurements["nonfinite"]) is not applied
+  if applied:
+    np.testing.assert_array_equal(after["state"]["ema"], [2.0] * 3)
+    np.testing.assert_allclose(after["params"]["w"], [0.9, 0.9])
+  else:
+    assert_trees_equal(after, before)
+
+
 def test_total_steps_zero_evaluates_model_init(tfds_data_dir, tmp_path):
   trained = train.train_and_evaluate(
       smoke_config(tfds_data_dir, total_steps=3), str(tmp_path / "train"))
+  # The finished run, run again (e.g. preempted during its final evals):
+  # its evals at step 3 run again, on the same model.
+  train.train_and_evaluate(smoke_config(tfds_data_dir, total_steps=3),
+                           str(tmp_path / "train"))
+  second = sorted(glob.glob(str(tmp_path / "train" / "events.out.*")),
+                  key=os.path.getmtime)[-1]
+  assert list(scalars(str(tmp_path / "train"), "val/miou",
+                      files=os.path.basename(second))) == [3]
   workdir = str(tmp_path / "eval")
   config = smoke_config(
       tfds_data_dir, total_steps=0,
@@ -272,9 +320,16 @@ def test_pipeline_not_matching_the_model_is_a_clear_error(tfds_data_dir,
 
 def test_zero_log_steps_logs_only_the_last_step(tfds_data_dir, tmp_path):
   config = smoke_config(tfds_data_dir, total_steps=3, log_training_steps=0,
+                        checkpoint_steps=2, evals={})
+  train.train_and_evaluate(config, str(tmp_path / "last"))
+  last = scalars(str(tmp_path / "last"), "train/loss")
+  assert list(last) == [3]
+  # The mean of all three steps, the checkpoint at step 2 notwithstanding.
+  config = smoke_config(tfds_data_dir, total_steps=3, log_training_steps=1,
                         evals={})
-  train.train_and_evaluate(config, str(tmp_path))
-  assert list(scalars(str(tmp_path), "train/loss")) == [3]
+  train.train_and_evaluate(config, str(tmp_path / "every"))
+  every = scalars(str(tmp_path / "every"), "train/loss")
+  assert last[3] == pytest.approx(np.mean(list(every.values())), rel=1e-6)
 
 
 def test_grad_accumulation_matches_the_whole_batch(smoke_batch):
@@ -302,6 +357,12 @@ def test_grad_accumulation_errors(smoke_batch):
   with pytest.raises(ValueError, match="divide config.input.batch_size=8"):
     train_state.setup_train_state(config, trainers.get_trainer(config), one,
                                   batch, total_steps=10)
+  config.grad_accum_steps = 2  # Micro-batches of 4 over 8 devices.
+  with pytest.raises(ValueError, match="micro-batches of 4 examples, which "
+                     "do not split over the 8 devices"):
+    train_state.setup_train_state(config, trainers.get_trainer(config),
+                                  sharding.make_mesh([("data", 8)]), batch,
+                                  total_steps=10)
   # UViM stage I updates its VQ dictionary at every batch: refused when the
   # step is traced, before any update.
   from configs import uvim_synthetic  # pylint: disable=g-import-not-at-top

@@ -8,6 +8,7 @@ crash while writing leaves the previous checkpoint as the latest valid one.
 import os
 import zipfile
 
+from etils import epath
 from flax import traverse_util
 import jax
 import numpy as np
@@ -34,8 +35,13 @@ def manager(workdir, config):
   Returns:
     The manager; call `close()` when done (it waits for pending writes).
   """
+  keep = config.get("keep_checkpoint_steps")
+  if keep is not None and (not isinstance(keep, int) or keep < 1):
+    raise ValueError(f"config.keep_checkpoint_steps={keep!r} must be a "
+                     "positive number of steps, or None to keep only the "
+                     "latest checkpoint.")
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=1, keep_period=config.get("keep_checkpoint_steps"),
+      max_to_keep=1, keep_period=keep,
       create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
                                options=options)
@@ -91,14 +97,15 @@ def load_variables(path, abstract_variables):
 
   Args:
     path: a checkpoint directory, e.g. "WORKDIR/checkpoints/1000".
-    abstract_variables: {item: tree of sharded ShapeDtypeStructs} for the
+    abstract_variables: {item: tree of ShapeDtypeStructs or arrays} for the
       items to load, e.g. {"params": ...} or {"params": ..., "state": ...}.
 
   Returns:
-    {item: tree}, placed like `abstract_variables`.
+    {item: tree}, placed like `abstract_variables` (leaves without a
+    sharding: on the first local device).
   """
   item = os.path.join(path, _ITEM)
-  if not os.path.isdir(item):
+  if not epath.Path(item).is_dir():  # Also gs:// paths.
     raise FileNotFoundError(
         f"{path!r} is not a uvimx checkpoint (no {item!r}); give a step "
         "directory such as WORKDIR/checkpoints/1000.")
@@ -109,15 +116,18 @@ def load_variables(path, abstract_variables):
           f"Checkpoint {path!r} holds {name} of another model than the "
           "config's (give the config it was trained with): "
           + "; ".join(wrong[:5]))
-  # Onto one local device first: the checkpoint may come from another device
-  # count or host (e.g. a GPU run), whose saved shardings do not exist here.
+  # Straight onto the given shardings: each process reads only its shards,
+  # whatever device count or host (e.g. a GPU run) wrote the checkpoint, and
+  # the other items (the optimizer state) are not read at all.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  saved = ocp.StandardCheckpointer().restore(item, jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      metadata))
-  return {name: jax.tree.map(lambda x, a: jax.device_put(x, a.sharding),
-                             saved[name], abstract)
-          for name, abstract in abstract_variables.items()}
+  targets = {name: jax.tree.map(
+      lambda m, a: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                        sharding=a.sharding or device),
+      metadata[name], abstract)
+             for name, abstract in abstract_variables.items()}
+  return ocp.PyTreeCheckpointer().restore(item, args=ocp.args.PyTreeRestore(
+      targets, restore_args=ocp.checkpoint_utils.construct_restore_args(
+          targets), partial_restore=True))
 
 
 def load_big_vision_npz(path, template=None):

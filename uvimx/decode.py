@@ -196,6 +196,9 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
   _check_options(model, num_samples, temperature, top_k, top_p, cached,
                  soft_tokens)
   _check_batch_sharding(images)
+  if seeds.shape != images.shape[:1]:
+    raise ValueError(f"seeds has shape {seeds.shape}: give one seed per "
+                     f"image, shape ({images.shape[0]},).")
   if not jax.dtypes.issubdtype(seeds.dtype, jax.dtypes.prng_key):
     seeds = jax.vmap(jax.random.key)(seeds)
   b, n, length = images.shape[0], num_samples, model.seq_len

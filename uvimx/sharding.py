@@ -33,12 +33,14 @@ NamedSharding = jax.sharding.NamedSharding
 def maybe_initialize_distributed():
   """Connects the processes of a multi-host job, if the environment says so.
 
-  Cloud TPU VMs and SLURM / Open MPI launches are detected by JAX itself; a
-  generic launch sets JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES,
-  JAX_PROCESS_ID). Single-process runs skip this.
+  Cloud TPU VMs, SLURM job steps (`srun`) and Open MPI launches are
+  configured by JAX itself, from the variables it reads; a generic launch
+  sets JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+  Single-process runs skip this, also inside a SLURM allocation without
+  `srun` (SLURM_JOB_ID alone: JAX would find no processes to connect).
   """
   markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-             "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+             "SLURM_STEP_NODELIST", "OMPI_MCA_orte_hnp_uri")
   if any(m in os.environ for m in markers):
     jax.distributed.initialize()
     logging.info("Process %d of %d.", jax.process_index(),

@@ -22,7 +22,6 @@ config of a tokenizer, as in the run that trained it:
 Its variables (params and VQ state) are frozen: the LM trainers keep them in
 their "state" collection, where no gradient goes.
 """
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -162,7 +161,7 @@ def _load(path, field, variables):
   try:
     if path.endswith(".npz"):
       return checkpoint.load_big_vision_npz(path, template=variables)
-    return checkpoint.load_variables(path, jax.eval_shape(lambda: variables))
+    return checkpoint.load_variables(path, variables)
   except ValueError as e:  # Which of the config's checkpoints it is.
     raise ValueError(f"{field}: {e}") from None
 

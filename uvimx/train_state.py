@@ -48,7 +48,7 @@ def setup_train_state(config, trainer, mesh, batch_spec, *, total_steps,
   """
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   variable_shapes = jax.eval_shape(trainer.init, init_rng, batch_spec)
-  accum = _grad_accum_steps(config)
+  accum = _grad_accum_steps(config, mesh)
   tx, sched_fns = optim.make(config, variable_shapes["params"],
                              total_steps=total_steps, data_size=data_size,
                              batch_size=config.input.batch_size)
@@ -83,13 +83,20 @@ def setup_train_state(config, trainer, mesh, batch_spec, *, total_steps,
                     grad_accum_steps=accum)
 
 
-def _grad_accum_steps(config):
+def _grad_accum_steps(config, mesh):
   """config.grad_accum_steps (default 1), checked against the batch size."""
   accum = config.get("grad_accum_steps", 1)
-  if accum < 1 or config.input.batch_size % accum:
+  batch_size = config.input.batch_size
+  if accum < 1 or batch_size % accum:
     raise ValueError(
         f"config.grad_accum_steps={accum} must be >= 1 and divide "
-        f"config.input.batch_size={config.input.batch_size}.")
+        f"config.input.batch_size={batch_size}.")
+  # Else XLA would move examples between devices at every micro-batch.
+  if (batch_size // accum) % mesh.size:
+    raise ValueError(
+        f"config.grad_accum_steps={accum} makes micro-batches of "
+        f"{batch_size // accum} examples, which do not split over the "
+        f"{mesh.size} devices: use fewer micro-batches or a larger batch.")
   return accum
 
 
@@ -139,9 +146,10 @@ def _accumulated_grads(loss_fn, params, state, batch, rng, accum_steps):
 def make_train_step(trainer, tx, accum_steps=1):
   """The update: one optimizer step on one global batch.
 
-  A step whose loss or update is not finite changes nothing (the train state
-  passes through) and reports `nonfinite`; the loop turns that into an error
-  naming the step, so no NaN or inf reaches the parameters or a checkpoint.
+  A step whose loss, update or new model state is not finite changes nothing
+  (the train state passes through) and reports `nonfinite`; the loop turns
+  that into an error naming the step, so no NaN or inf reaches the
+  parameters or a checkpoint.
 
   Args:
     trainer: the model family's Trainer.
@@ -165,7 +173,13 @@ def make_train_step(trainer, tx, accum_steps=1):
     # huge lr), and the next step's NaN would come after it was checkpointed.
     # (One norm of the updates: a finiteness check of every new param would
     # cost tiny models a quarter of their step time.)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+    # And the model state the loss updated (e.g. UViM's EMA dictionary): the
+    # arrays it returned as it got them (a frozen model) need no check.
+    updated = [new for new, old in zip(jax.tree.leaves(model_state),
+                                       jax.tree.leaves(train_state["state"]))
+               if new is not old and jnp.issubdtype(new.dtype, jnp.inexact)]
+    finite = (jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
+              & jnp.isfinite(optax.global_norm(updated)))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                              new_state, train_state)
     measurements = dict(measurements, loss=loss,
