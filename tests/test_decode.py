@@ -209,10 +209,15 @@ def test_non_autoregressive_samples_in_one_pass():
     (dict(num_samples=True), "num_samples"),
     (dict(temperature=-1), "temperature"),
     (dict(temperature=float("nan")), "temperature"),
-    (dict(top_k=V + 1), "top_k"), (dict(top_p=1.5), "top_p"),
+    (dict(top_k=V + 1), "top_k"), (dict(top_k=2.5), "top_k must be an int"),
+    (dict(top_p=1.5), "top_p"),
     (dict(encode_chunk=3), "encode_chunk"),
     (dict(soft_tokens=True, cached=False), "soft_tokens"),
-    (dict(seeds=jnp.arange(3)), r"one seed per image, shape \(4,\)")])
+    (dict(seeds=jnp.arange(3)), r"one seed per image, shape \(4,\)"),
+    (dict(first_tokens=np.array([0, 1, 2, V])), "first_tokens"),
+    (dict(position_ranges=np.tile([5, 5], (L, 1))), r"\[5, 5\).*non-empty"),
+    (dict(position_ranges=np.tile([1, V + 1], (L, 1))), "non-empty slice"),
+    (dict(position_ranges=np.ones((L + 1, 2), int)), "position_ranges must")])
 def test_bad_options_raise(options, match):
   model, params, _ = test_lm.random_lm()
   options = dict(options)
@@ -244,12 +249,16 @@ def test_position_ranges_restrict_every_position():
   assert np.all((codes >= ranges[:, 0]) & (codes < ranges[:, 1]))
   ids = np.arange(V)
   outside = (ids < ranges[:, :1]) | (ids >= ranges[:, 1:])  # (L, V)
-  assert np.all(np.isneginf(np.asarray(logits)[:, :, outside]))
-  assert np.all(np.isfinite(np.asarray(logits)[:, :, ~outside]))
+  # The returned logits are the model's own, outside the slices too: the
+  # teacher-forced logits of each sample's codes.
+  _, _, apply = test_lm.random_lm()
+  for n in range(3):
+    np.testing.assert_allclose(
+        logits[:, n], apply({"params": params}, images, codes[:, n]),
+        atol=1e-4, rtol=0)
   # Greedy: the argmax within the slice, of the teacher-forced logits.
   params, greedy = sampler()
   codes = greedy(params, images, seeds, position_ranges=ranges)[0][:, 0]
-  _, _, apply = test_lm.random_lm()
   forced = np.asarray(apply({"params": params}, images, codes))
   np.testing.assert_array_equal(
       np.where(outside, -np.inf, forced).argmax(-1), codes)

@@ -3,9 +3,12 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from uvimx import decode
+from uvimx.models import lm
 from uvimx.tasks.instance_sequence import InstanceSequence
 from uvimx.tasks.instance_sequence import paste_masks
 
@@ -230,6 +233,31 @@ def test_offset_shifts_everything():
   p1 = _jit_parse(shifted)(s1["targets"], logits)
   for key in p0:
     np.testing.assert_allclose(p1[key], p0[key], rtol=1e-6)
+
+
+def test_sampled_objects_are_scored_against_noise():
+  """Sampling leaves noise out of the class slot; the score counts it."""
+  codec = InstanceSequence(num_bins=4, num_classes=2, num_codes=3,
+                           mask_len=1, max_instances=2, offset=1)
+  vocab = codec.offset + codec.vocab_size
+  model = lm.Model(patches={"size": (4, 4)}, num_heads=2, num_layers=1,
+                   mlp_dim=32, emb_dim=16, vocab_size=vocab,
+                   seq_len=codec.seq_len, input_size=(8, 8),
+                   posemb_type="learn")
+  images = jnp.zeros((1, 8, 8, 3))
+  params = model.init(jax.random.key(0), images,
+                      jnp.zeros((1, codec.seq_len), jnp.int32))["params"]
+  # The logits kernel starts at zero: every position's logits are this bias,
+  # 5 for noise and 0 for the two classes.
+  bias = params["decoder"]["LogitsDense"]["bias"]
+  params["decoder"]["LogitsDense"]["bias"] = bias.at[codec.noise_token].set(5)
+  tokens, _, logits = decode.sample(
+      model, params, images, jnp.arange(1),
+      position_ranges=codec.sampling_ranges(), with_logits=True)
+  out = codec.parse(tokens[:, 0], logits[:, 0])
+  np.testing.assert_array_equal(out["classes"], [[0, 0]])
+  np.testing.assert_allclose(out["scores"], [[1 / (2 + np.exp(5))] * 2],
+                             rtol=1e-5)
 
 
 def test_parse_scores_and_mask_probs_by_hand():

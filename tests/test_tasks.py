@@ -161,6 +161,12 @@ def test_task_args_errors():
                                        num_bins=3))
   assert depth.model_outputs(_config((2, 2), (4, 4), name="depth")) == {
       "depth": 256}
+  with pytest.raises(ValueError, match="max_depth > min_depth.*2.0 and 2.0"):
+    depth.model_outputs(_config((2, 2), (4, 4), name="depth", min_depth=2.0,
+                                max_depth=2.0))
+  with pytest.raises(ValueError, match="target_sigma .*-1.0"):
+    depth.model_outputs(_config((2, 2), (4, 4), name="depth",
+                                target_sigma=-1.0))
 
 
 def _unit_normals(rng, shape):

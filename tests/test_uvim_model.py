@@ -306,6 +306,7 @@ def test_code_dropout_zeroes_code_positions_in_training_only(small_variables):
 @pytest.mark.parametrize("kw, match", [
     (dict(code_dropout="drop"), "code_dropout"),
     (dict(code_dropout_rate=1.5), "code_dropout_rate"),
+    (dict(min_count=0.0), "min_count must be > 0"),
     (dict(bottleneck_resize=True, code_len=8), "square"),
     (dict(input_size=(9, 8)), "multiple"),
     (dict(with_decoder_ctx=True), "ctx="),

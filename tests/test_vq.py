@@ -95,6 +95,19 @@ def test_split_reseeds_unused_codewords_from_the_most_used(key):
                              vq.codewords(dictionary, counts)[0], rtol=1e-6)
 
 
+def test_split_ends_when_the_counts_cannot_all_reach_min_count():
+  # Total 3 < 4 codewords x min_count 1: no number of splits lifts every
+  # count to 1 (without the bound this loops forever). Each round halves the
+  # first of the largest counts into the first of the smallest: (1, 0.5,
+  # 0.5, 1), (0.5, 0.5, 0.5, 1), (0.5, 0.5, 0.5, 0.5), then slot 0 into
+  # itself, (0.25, 0.5, 0.5, 0.5). Then the 4 rounds are spent.
+  counts = jnp.array([2.0, 0.5, 0.5, 0.0])
+  new_dict, new_counts = jax.jit(vq.split_unused, static_argnums=3)(
+      jnp.ones((4, 2)), counts, jax.random.key(0), 1.0)
+  np.testing.assert_array_equal(new_counts, [0.25, 0.5, 0.5, 0.5])
+  assert np.all(np.isfinite(new_dict))
+
+
 def test_no_split_when_every_codeword_is_used():
   dictionary = jnp.ones((3, 2))
   counts = jnp.array([0.1, 5.0, 0.2])

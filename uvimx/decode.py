@@ -81,12 +81,48 @@ def _check_options(model, num_samples, temperature, top_k, top_p, cached,
   if not temperature >= 0:  # Also refuses NaN.
     raise ValueError(f"temperature must be >= 0 (0: greedy), got "
                      f"{temperature}.")
-  if not 0 <= top_k <= model.vocab_size:
-    raise ValueError(f"top_k must be in [0, vocab_size={model.vocab_size}] "
-                     f"(0: no top-k filter), got {top_k}.")
+  if (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool)
+      or not 0 <= top_k <= model.vocab_size):
+    raise ValueError(f"top_k must be an int in [0, vocab_size="
+                     f"{model.vocab_size}] (0: no top-k filter), got "
+                     f"{top_k!r}.")
   if not 0 <= top_p <= 1:
     raise ValueError(f"top_p must be in [0, 1] (0: no nucleus filter), got "
                      f"{top_p}.")
+
+
+def _check_tokens(model, first_tokens, position_ranges):
+  """Raises a ValueError on first tokens or ranges outside the vocabulary.
+
+  The model would embed such a token as NaN, and an empty range would leave
+  no token to draw: both would decode garbage silently. Checked only where
+  the values are known at trace time (numpy arrays, as the trainers pass).
+  """
+  def concrete(x):
+    try:
+      return None if x is None else np.asarray(x)
+    except jax.errors.TracerArrayConversionError:
+      return None
+
+  vocab, first, ranges = model.vocab_size, concrete(first_tokens), concrete(
+      position_ranges)
+  if first is not None and np.any((first < 0) | (first >= vocab)):
+    raise ValueError(f"first_tokens must be token ids in [0, vocab_size="
+                     f"{vocab}), got values from {first.min()} to "
+                     f"{first.max()}.")
+  if ranges is None:
+    return
+  if ranges.shape[-2:] != (model.seq_len, 2) or ranges.ndim not in (2, 3):
+    raise ValueError(f"position_ranges must be ({model.seq_len}, 2) or "
+                     f"(B, {model.seq_len}, 2) [lo, hi) pairs, got shape "
+                     f"{ranges.shape}.")
+  lo, hi = ranges[..., 0], ranges[..., 1]
+  bad = (lo < 0) | (hi > vocab) | (lo >= hi)
+  if np.any(bad):
+    t = np.argwhere(bad)[0]
+    raise ValueError(f"position_ranges{t.tolist()} is [{lo[tuple(t)]}, "
+                     f"{hi[tuple(t)]}): every range must be a non-empty "
+                     f"slice of [0, vocab_size={vocab}).")
 
 
 def _check_batch_sharding(images):
@@ -183,7 +219,9 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
     soft_tokens: AiT's soft tokens: the input for position t + 1 is the
       (restricted, untempered) probability vector of position t, not the
       drawn token. Needs `cached`.
-    with_logits: also return the (restricted) logits of every position.
+    with_logits: also return the model's logits of every position, before
+      `position_ranges`, so that a caller can score the drawn token against
+      tokens the ranges left out (AiT's instance class against noise).
 
   Returns:
     codes: (B, N, L) int32 tokens in [0, vocab_size) (0 is BOS/padding,
@@ -191,10 +229,11 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
     logprobs: (B, N, L) float32 log-probability of each token under the
       model's own (untempered, unfiltered, but restricted) next-token
       distribution.
-    logits: with `with_logits`, (B, N, L, V) float32.
+    logits: with `with_logits`, (B, N, L, V) float32, unrestricted.
   """
   _check_options(model, num_samples, temperature, top_k, top_p, cached,
                  soft_tokens)
+  _check_tokens(model, first_tokens, position_ranges)
   _check_batch_sharding(images)
   if seeds.shape != images.shape[:1]:
     raise ValueError(f"seeds has shape {seeds.shape}: give one seed per "
@@ -236,10 +275,10 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
                          method=model.decode)
     if not model.autoregressive:  # Per image: the same for all its samples.
       logits = jnp.repeat(logits, n, axis=0)
-    logits = restrict(logits, position_ranges)  # (R, L, V)
+    restricted = restrict(logits, position_ranges)  # (R, L, V)
     pos_keys = jax.vmap(_fold_in, (None, 0), 1)(keys, jnp.arange(length))
-    codes = jax.vmap(choose, in_axes=1, out_axes=1)(logits, pos_keys)
-    return outputs(codes, logprob_of(logits, codes), logits)
+    codes = jax.vmap(choose, in_axes=1, out_axes=1)(restricted, pos_keys)
+    return outputs(codes, logprob_of(restricted, codes), logits)
 
   if cached:
     def next_logits(t, inputs, seqs, cache):
@@ -258,14 +297,14 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
   def step(t, carry):
     inputs, seqs, logprobs, all_logits, cache = carry
     logits, cache = next_logits(t, inputs, seqs, cache)
+    if with_logits:
+      all_logits = all_logits.at[:, t].set(logits)
     if position_ranges is not None:
       logits = restrict(logits, position_ranges[:, t])
     tokens = choose(logits, _fold_in(keys, t))
     inputs = jax.nn.softmax(logits) if soft_tokens else tokens
     seqs = seqs.at[:, t].set(tokens)
     logprobs = logprobs.at[:, t].set(logprob_of(logits, tokens))
-    if with_logits:
-      all_logits = all_logits.at[:, t].set(logits)
     return inputs, seqs, logprobs, all_logits, cache
 
   # `inputs` is what predicts the next position: the first token, then the

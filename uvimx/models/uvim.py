@@ -190,6 +190,12 @@ class Model(nn.Module):
     if self.code_dropout not in CODE_DROPOUT:
       raise ValueError(f"Unknown code_dropout {self.code_dropout!r}: use one "
                        f"of {CODE_DROPOUT}.")
+    if not self.min_count > 0:
+      raise ValueError(
+          f"min_count must be > 0, got {self.min_count}: an unused "
+          "codeword's discounted count would decay to 0, and the codeword, "
+          "its sums over its count, to 0/0 = NaN. A small value (e.g. 1e-6) "
+          "makes LBG splitting rare.")
     if not 0 <= self.code_dropout_rate <= 1:
       raise ValueError(f"code_dropout_rate is a fraction of the examples, "
                        f"in [0, 1]; got {self.code_dropout_rate}.")

@@ -109,6 +109,12 @@ def split_unused(dictionary, counts, key, min_count):
   of the most used one's sums and count: the old codeword keeps its value and
   the new one starts next to it, so the next updates split its vectors.
 
+  At most K rounds per call, one per codeword, which is all splitting can
+  need unless the counts cannot all reach `min_count` (their total, which a
+  round never raises, is below K * min_count: a `min_count` too big for the
+  batch and momentum). big_vision loops until none is below, which then
+  never ends: training would hang inside the step.
+
   Args:
     dictionary: (K, D) discounted sums.
     counts: (K,) discounted counts.
@@ -120,7 +126,7 @@ def split_unused(dictionary, counts, key, min_count):
     The new (dictionary, counts).
   """
   def split(state):
-    dictionary, counts, key = state
+    dictionary, counts, key, rounds = state
     key, noise_key = jax.random.split(key)
     i_max, i_min = jnp.argmax(counts), jnp.argmin(counts)
     noise = jax.random.uniform(noise_key, dictionary.shape[1:],
@@ -129,11 +135,14 @@ def split_unused(dictionary, counts, key, min_count):
     dictionary = dictionary.at[i_min].set(top * noise / 2)
     dictionary = dictionary.at[i_max].set(top / 2)
     counts = counts.at[i_min].set(half).at[i_max].set(half)
-    return dictionary, counts, key
+    return dictionary, counts, key, rounds + 1
 
-  dictionary, counts, _ = jax.lax.while_loop(
-      lambda state: jnp.any(state[1] < min_count), split,
-      (dictionary, counts, key))
+  def unfinished(state):
+    _, counts, _, rounds = state
+    return jnp.any(counts < min_count) & (rounds < counts.shape[0])
+
+  dictionary, counts, _, _ = jax.lax.while_loop(
+      unfinished, split, (dictionary, counts, key, 0))
   return dictionary, counts
 
 

@@ -40,6 +40,13 @@ def _args(config):
   if args["decoding"] not in ("argmax", "mean"):
     raise ValueError(f"Unknown depth decoding {args['decoding']!r}: use "
                      "'argmax' or 'mean'.")
+  if not args["max_depth"] > args["min_depth"]:
+    raise ValueError(f"config.task needs max_depth > min_depth (the binned "
+                     f"range, in metres), got {args['min_depth']} and "
+                     f"{args['max_depth']}.")
+  if not args["target_sigma"] >= 0:
+    raise ValueError(f"config.task.target_sigma is a width in bins, >= 0 "
+                     f"(0: one-hot targets), got {args['target_sigma']}.")
   return args
 
 
