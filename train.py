@@ -177,6 +177,7 @@ def train_and_evaluate(config, workdir):
         f"{checkpoint_steps or 'no'} steps: make it a multiple of "
         "config.checkpoint_steps.")
   sharding.check_batch_size(batch_size, mesh, "config.input.batch_size")
+  checkpoint.save_config(workdir, config)
 
   batch_spec = _batch_spec(train_ds, trainer)
   setup = train_state_lib.setup_train_state(

@@ -79,6 +79,24 @@ def test_stage1_then_stage2_train(stage1_run, tfds_data_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, evaluated[key], s2[key])
 
 
+def test_stage2_refuses_a_stage1_model_config_unlike_the_trained_one(
+    stage1_run, tfds_data_dir):
+  # With bottleneck_resize no parameter depends on code_len: only the run's
+  # config.json tells that this stage-I model made codes of 4 words.
+  s1_config, s1_workdir, _ = stage1_run
+  step_dir = s1_workdir / "checkpoints" / str(s1_config.total_steps)
+  assert checkpoint.run_config(step_dir)["model"]["code_len"] == 4
+  config = smoke_config("smoke_stage2", tfds_data_dir, s1_workdir)
+  config.oracle.model.code_len = config.model.seq_len = 16
+  trainer = trainers.get_trainer(config)
+  batch = {"image": np.zeros((1, 64, 64, 3), np.float32),
+           "labels": np.zeros((1, 64, 64, 2), np.int32)}
+  variables = jax.eval_shape(trainer.init, jax.random.key(0), batch)
+  with pytest.raises(ValueError, match=r"^config.oracle.checkpoint: the run "
+                     r"that wrote .* model.code_len is 16 here, 4 there\."):
+    trainer.load_pretrained(variables)
+
+
 def test_model_init_restores_the_dictionary(stage1_run, tfds_data_dir,
                                             tmp_path):
   # total_steps=0 evaluates a checkpoint: stage I's codewords are model
@@ -100,12 +118,20 @@ def test_stage2_requires_its_oracle_checkpoint(stage1_run, tfds_data_dir,
   with pytest.raises(ValueError, match="config.oracle.checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / "none"))
   # The stage-I run's checkpoint, with another stage-I model config: the
-  # error names the field.
+  # error names the field, and, from the run's config.json, the difference.
   config = smoke_config("smoke_stage2", tfds_data_dir, stage1_run[1])
   config.oracle.model.width = 64
-  with pytest.raises(ValueError, match=r"^config.oracle.checkpoint: "
-                     "Checkpoint .* holds params of another model"):
+  with pytest.raises(ValueError, match=r"^config.oracle.checkpoint: the run "
+                     "that wrote .* model.width is 64 here, 32 there"):
     train.train_and_evaluate(config, str(tmp_path / "wider"))
+  # Without config.json (a step directory copied alone), the shapes tell.
+  (stage1_run[1] / "config.json").rename(tmp_path / "config.json")
+  try:
+    with pytest.raises(ValueError, match=r"^config.oracle.checkpoint: "
+                       "Checkpoint .* holds params of another model"):
+      train.train_and_evaluate(config, str(tmp_path / "wider2"))
+  finally:
+    (tmp_path / "config.json").rename(stage1_run[1] / "config.json")
 
 
 def test_stage2_vocab_must_fit_the_oracle():
@@ -113,6 +139,13 @@ def test_stage2_vocab_must_fit_the_oracle():
   config.model.vocab_size += 1
   with pytest.raises(ValueError, match="vocab_size"):
     uvim_stage2.Trainer(config)
+
+
+def test_diversity_sampling_is_at_temperature_one_unless_it_says():
+  config = uvim_synthetic.get_config("smoke_stage2")
+  config.diversity_sampling = dict(top_k=5)  # config.sampling is greedy.
+  assert uvim_stage2.Trainer(config).diversity_sampling == {
+      "temperature": 1.0, "top_k": 5}
 
 
 def big_vision_config():
@@ -296,6 +329,12 @@ def test_encoder_init_fixes_old_vit_checkpoints_and_resamples(tmp_path):
   for name, value in traverse_util.flatten_dict(params, sep="/").items():
     if name.startswith("decoder/"):
       np.testing.assert_array_equal(flat[name], value)
+  # A deeper ViT does not load into the LM's encoder by its first blocks.
+  vit_file["Transformer/encoderblock_2/LayerNorm_0/scale"] = np.ones(64)
+  np.savez(tmp_path / "deeper.npz", **vit_file)
+  with pytest.raises(ValueError,
+                     match=r"not in the LM \['encoder/encoderblock_2/"):
+    uvim_stage2.load_vit_encoder(str(tmp_path / "deeper.npz"), params)
 
 
 @pytest.mark.parametrize("codeword_dim", [8, None])  # None: the width, 32.

@@ -5,6 +5,7 @@ checkpoint step is the number of updates it has seen. Orbax writes each
 checkpoint into a temporary directory and renames it when complete, so a
 crash while writing leaves the previous checkpoint as the latest valid one.
 """
+import json
 import os
 import zipfile
 
@@ -20,6 +21,27 @@ from uvimx import utils
 # The directory of the train state in a step directory: the manager's one
 # item, which orbax names "default".
 _ITEM = "default"
+# The run's config, in its workdir.
+_CONFIG = "config.json"
+
+
+def save_config(workdir, config):
+  """Writes the run's config to WORKDIR/config.json (from process 0 only).
+
+  The runs that load its checkpoints (e.g. stage II, which reads stage I's)
+  check with `run_config` that their copy of its model is the one trained.
+  """
+  if jax.process_index() == 0:
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / _CONFIG).write_text(config.to_json_best_effort(indent=2))
+
+
+def run_config(path):
+  """The config (a dict) of the run that wrote the step directory `path`
+  (WORKDIR/checkpoints/N), or None if its workdir holds no config.json."""
+  config = epath.Path(path).parent.parent / _CONFIG
+  return json.loads(config.read_text()) if config.exists() else None
 
 
 def manager(workdir, config):

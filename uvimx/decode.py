@@ -269,12 +269,11 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
     return out
 
   if not model.autoregressive or model.parallel:
-    # No input depends on an earlier output: one pass decodes everything.
-    logits = model.apply(variables, encoded,
-                         jnp.zeros((b * n, length), jnp.int32),
+    # No input depends on an earlier output: one pass decodes everything,
+    # once per image, as all its samples have the same logits.
+    logits = model.apply(variables, encoded, jnp.zeros((b, length), jnp.int32),
                          method=model.decode)
-    if not model.autoregressive:  # Per image: the same for all its samples.
-      logits = jnp.repeat(logits, n, axis=0)
+    logits = jnp.repeat(logits, n, axis=0)
     restricted = restrict(logits, position_ranges)  # (R, L, V)
     pos_keys = jax.vmap(_fold_in, (None, 0), 1)(keys, jnp.arange(length))
     codes = jax.vmap(choose, in_axes=1, out_axes=1)(restricted, pos_keys)

@@ -22,6 +22,8 @@ config of a tokenizer, as in the run that trained it:
 Its variables (params and VQ state) are frozen: the LM trainers keep them in
 their "state" collection, where no gradient goes.
 """
+import json
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -47,6 +49,7 @@ class ConvVqvae:
         {"trainer": "vqvae", "model": config.model, "task": config.task,
          "mask_ratio": 0.0}))
     self.model = self.vqvae.model
+    self.model_config = config.model
     self.checkpoint = config.get("checkpoint")
     self.checkpoint_field = checkpoint_field
     self.label_size = self.vqvae.label_size
@@ -61,7 +64,8 @@ class ConvVqvae:
     return self.vqvae.init(rng, batch)
 
   def load(self, variables):
-    return _load(self.checkpoint, self.checkpoint_field, variables)
+    return _load(self.checkpoint, self.checkpoint_field, variables,
+                 self.model_config)
 
   def encode_labels(self, variables, labels):
     """Labels (N, ...) in task units -> (N, L) int32 codes."""
@@ -101,6 +105,7 @@ class Uvim:
     self.task_config = ml_collections.ConfigDict(
         {"task": config.task, "model": config.model})
     self.model = uvim_stage1.make_model(config.model, self.task_config)
+    self.model_config = config.model
     self.checkpoint = config.get("checkpoint")
     self.checkpoint_field = checkpoint_field
     self.num_codes = config.model.dict_size
@@ -115,7 +120,8 @@ class Uvim:
                            ctx=batch["image"])
 
   def load(self, variables):
-    return _load(self.checkpoint, self.checkpoint_field, variables)
+    return _load(self.checkpoint, self.checkpoint_field, variables,
+                 self.model_config)
 
   def encode(self, variables, batch):
     _, out = self.model.apply(
@@ -150,7 +156,7 @@ class Uvim:
 _KINDS = {"conv_vqvae": ConvVqvae, "uvim": Uvim}
 
 
-def _load(path, field, variables):
+def _load(path, field, variables, model_config):
   """`variables` from the checkpoint `path` that config field `field` gives:
   a uvimx step directory or (UViM's stage I) a big_vision .npz."""
   if not path:
@@ -161,9 +167,32 @@ def _load(path, field, variables):
   try:
     if path.endswith(".npz"):
       return checkpoint.load_big_vision_npz(path, template=variables)
+    _check_model_config(path, model_config)
     return checkpoint.load_variables(path, variables)
   except ValueError as e:  # Which of the config's checkpoints it is.
     raise ValueError(f"{field}: {e}") from None
+
+
+def _check_model_config(path, model_config):
+  """Raises if the run that wrote `path` trained another model config.
+
+  Parameter shapes do not show every difference: with `bottleneck_resize`,
+  say, no stage-I parameter depends on `code_len`, and a code of another
+  length would silently decode as garbage. Fields that only one of the two
+  configs sets are not compared (e.g. one written before the field existed).
+  """
+  trained = (checkpoint.run_config(path) or {}).get("model")
+  if trained is None:  # A workdir without config.json, e.g. a copied step.
+    return
+  ours = json.loads(
+      ml_collections.ConfigDict(model_config).to_json_best_effort())
+  differ = [f"model.{k} is {ours[k]!r} here, {trained[k]!r} there"
+            for k in sorted(set(ours) & set(trained)) if ours[k] != trained[k]]
+  if differ:
+    raise ValueError(
+        f"the run that wrote {path!r} trained another model (its "
+        f"config.json): {'; '.join(differ)}. Give the tokenizer's model "
+        "config the values of that run.")
 
 
 def get(config, checkpoint_field="the tokenizer's checkpoint"):

@@ -14,7 +14,8 @@ into the task's prediction. The config:
   config.task = the stage-I task
   config.sampling = dict(temperature=0.0, top_k=0, top_p=0.0, num_samples=4)
   config.diversity_sampling = overrides of config.sampling for the
-                              "sample_diversity" fn; default temperature 1.0
+                              "sample_diversity" fn, whose temperature is
+                              1.0 unless they give another
   config.encoder_init = optional big_vision ViT .npz for the LM's encoder (older
                         layouts fixed, position embeddings resampled)
   config.encoder_from_base_model = True: instead, start the LM's encoder as
@@ -27,6 +28,7 @@ The frozen model lives in the model state ("state"/"oracle"), so a stage-II
 checkpoint holds everything its predictions need. Code tokens are stage-I
 indices + 1: token 0 is the LM's BOS/padding, as in big_vision.
 """
+from absl import logging
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -81,8 +83,8 @@ class Trainer:
     self.num_samples = self.sampling.pop("num_samples", 4)
     # Diversity is measured at T=1 (the paper's samples), not at the T=0 of
     # the metrics, where every sample would be the same.
-    self.diversity_sampling = dict(
-        config.get("diversity_sampling", {"temperature": 1.0}))
+    self.diversity_sampling = {"temperature": 1.0,
+                               **config.get("diversity_sampling", {})}
 
   def input_spec(self, batch_size):
     return self.oracle.label_spec(batch_size)
@@ -103,6 +105,13 @@ class Trainer:
       params = load_vit_encoder(self.config.encoder_init, params)
     if self.config.get("encoder_from_base_model"):
       params = base_model_as_encoder(self.oracle.model, oracle, params)
+    if not (self.config.get("encoder_init")
+            or self.config.get("encoder_from_base_model")):
+      # UViM's LMs start from an ImageNet-21k ViT; a missing flag should not
+      # pass as a run of the paper's config.
+      logging.warning("The LM's encoder starts from random weights: neither "
+                      "config.encoder_init nor "
+                      "config.encoder_from_base_model is set.")
     return {"params": params, "state": {"oracle": oracle}}
 
   def _codes(self, state, batch):
@@ -219,12 +228,13 @@ def _with_encoder(source, renames, params, what):
                    and k not in flat)
   wrong = sorted(k for k, v in flat.items()
                  if k in lm_flat and v.shape != lm_flat[k].shape)
-  if missing or wrong:
+  # E.g. the blocks of a deeper ViT: the LM would silently keep a part of it.
+  unexpected = sorted(k for k in flat if k not in lm_flat)
+  if missing or wrong or unexpected:
     raise ValueError(f"{what} does not fit the LM encoder: missing {missing}, "
-                     f"wrong shapes {wrong}.")
-  return traverse_util.unflatten_dict(
-      {**lm_flat, **{k: v for k, v in flat.items() if k in lm_flat}},
-      sep="/")
+                     f"wrong shapes {wrong}, not in the LM {unexpected} (is "
+                     f"config.model.num_layers the source's depth?).")
+  return traverse_util.unflatten_dict({**lm_flat, **flat}, sep="/")
 
 
 def load_vit_encoder(path, params):
