@@ -281,6 +281,18 @@ def test_bad_checkpoints_raise(checkpoints):
     predict.load(config, stage2, stage1=stage1)
   with pytest.raises(ValueError, match="stage-I weights"):
     predict.load(config, BIG_VISION / "stage2.npz")
+  # With the run's config.json: another code length, which no parameter
+  # shape shows (bottleneck_resize), is refused.
+  checkpoint.save_config(workdir, config)
+  longer = uvim_synthetic.get_config("smoke_stage2")
+  longer.oracle.model.code_len = longer.model.seq_len = 16
+  try:
+    with pytest.raises(ValueError, match=r"model.seq_len is 16 here, 4 there; "
+                       r"oracle.model.code_len is 16 here, 4 there\."):
+      predict.load(longer, stage2)
+    predict.load(config, stage2)  # The run's own config.
+  finally:
+    os.remove(os.path.join(workdir, "config.json"))
 
 
 def test_big_vision_checkpoints():

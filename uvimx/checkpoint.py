@@ -5,6 +5,7 @@ checkpoint step is the number of updates it has seen. Orbax writes each
 checkpoint into a temporary directory and renames it when complete, so a
 crash while writing leaves the previous checkpoint as the latest valid one.
 """
+import functools
 import json
 import os
 import zipfile
@@ -12,6 +13,7 @@ import zipfile
 from etils import epath
 from flax import traverse_util
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -42,6 +44,36 @@ def run_config(path):
   (WORKDIR/checkpoints/N), or None if its workdir holds no config.json."""
   config = epath.Path(path).parent.parent / _CONFIG
   return json.loads(config.read_text()) if config.exists() else None
+
+
+def check_run_config(path, expected):
+  """Raises if the run that wrote `path` had other model configs.
+
+  Parameter shapes do not show every difference: with `bottleneck_resize`,
+  say, no UViM stage-I parameter depends on `code_len`, and a code of
+  another length would decode as garbage. Fields that only one side sets
+  are not compared (e.g. a config written before the field existed), nor is
+  anything if the workdir has no config.json (a step directory copied alone).
+
+  Args:
+    path: a step directory WORKDIR/checkpoints/N.
+    expected: {dotted name in that run's config, e.g. "oracle.model": the
+      ConfigDict or dict the caller will build the model from}.
+  """
+  trained = run_config(path)
+  differ = []
+  for name, ours in ({} if trained is None else expected).items():
+    theirs = functools.reduce(lambda d, k: d.get(k) or {}, name.split("."),
+                              trained)
+    ours = json.loads(ml_collections.ConfigDict(ours).to_json_best_effort())
+    differ += [f"{name}.{k} is {ours[k]!r} here, {theirs[k]!r} there"
+               for k in sorted(set(ours) & set(theirs))
+               if ours[k] != theirs[k]]
+  if differ:
+    raise ValueError(
+        f"the run that wrote {path!r} trained another model (its "
+        f"config.json): {'; '.join(differ)}. Give the config that run's "
+        "values.")
 
 
 def manager(workdir, config):

@@ -109,6 +109,8 @@ def load(config, checkpoint, *, stage1=None):
       raise ValueError(
           "stage1 is for big_vision .npz checkpoints only: a uvimx stage-II "
           f"checkpoint ({checkpoint!r}) holds its stage-I model.")
+    checkpoint_lib.check_run_config(checkpoint, {
+        "model": config.model, "oracle.model": config.oracle.model})
     try:
       variables = _load_step(checkpoint, abstract)
     except ValueError as e:

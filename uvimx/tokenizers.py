@@ -22,8 +22,6 @@ config of a tokenizer, as in the run that trained it:
 Its variables (params and VQ state) are frozen: the LM trainers keep them in
 their "state" collection, where no gradient goes.
 """
-import json
-
 import jax.numpy as jnp
 import ml_collections
 
@@ -167,32 +165,10 @@ def _load(path, field, variables, model_config):
   try:
     if path.endswith(".npz"):
       return checkpoint.load_big_vision_npz(path, template=variables)
-    _check_model_config(path, model_config)
+    checkpoint.check_run_config(path, {"model": model_config})
     return checkpoint.load_variables(path, variables)
   except ValueError as e:  # Which of the config's checkpoints it is.
     raise ValueError(f"{field}: {e}") from None
-
-
-def _check_model_config(path, model_config):
-  """Raises if the run that wrote `path` trained another model config.
-
-  Parameter shapes do not show every difference: with `bottleneck_resize`,
-  say, no stage-I parameter depends on `code_len`, and a code of another
-  length would silently decode as garbage. Fields that only one of the two
-  configs sets are not compared (e.g. one written before the field existed).
-  """
-  trained = (checkpoint.run_config(path) or {}).get("model")
-  if trained is None:  # A workdir without config.json, e.g. a copied step.
-    return
-  ours = json.loads(
-      ml_collections.ConfigDict(model_config).to_json_best_effort())
-  differ = [f"model.{k} is {ours[k]!r} here, {trained[k]!r} there"
-            for k in sorted(set(ours) & set(trained)) if ours[k] != trained[k]]
-  if differ:
-    raise ValueError(
-        f"the run that wrote {path!r} trained another model (its "
-        f"config.json): {'; '.join(differ)}. Give the tokenizer's model "
-        "config the values of that run.")
 
 
 def get(config, checkpoint_field="the tokenizer's checkpoint"):
