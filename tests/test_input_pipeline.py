@@ -3,6 +3,7 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from uvimx import input_pipeline
 
@@ -155,6 +156,24 @@ def test_synthetic_scenes_is_built_on_first_use(tmp_path):
   builder = input_pipeline.get_builder(TINY, data_dir=str(tmp_path))
   assert builder.is_prepared()
   assert builder.info.splits["validation"].num_examples == NUM_VAL
+
+
+def test_a_build_another_process_finished_first_is_used(tmp_path,
+                                                        monkeypatch):
+  # Two hosts build on first use into one data dir: the second to finish
+  # cannot move its copy into place (TFDS raises FileExistsError).
+  builder_class = type(tfds.builder(TINY, data_dir=str(tmp_path)))
+  build = builder_class.download_and_prepare
+
+  def build_second(self, *args, **kwargs):
+    build(self, *args, **kwargs)  # The other host's build.
+    raise FileExistsError("Cannot rename: destination already exists.")
+
+  monkeypatch.setattr(builder_class, "download_and_prepare", build_second)
+  builder = input_pipeline.get_builder(TINY, data_dir=str(tmp_path))
+  assert builder.info.splits["validation"].num_examples == NUM_VAL
+  with pytest.raises(ValueError, match="synthetic_scenes/tiny:9.9.9"):
+    input_pipeline.get_builder(TINY + ":9.9.9", data_dir=str(tmp_path))
 
 
 def test_start_step_resumes_the_exact_stream_with_augmentations(

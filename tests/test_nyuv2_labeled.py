@@ -67,8 +67,8 @@ def test_pp_reads_metres_and_missing_normals(data_dir):
 
 
 def test_missing_manual_files_say_where_to_put_them(tmp_path):
-  with pytest.raises(FileNotFoundError, match="python -m uvimx.datasets "
-                     "nyuv2_labeled.*uvimx.datasets.nyuv2_labeled"):
+  with pytest.raises(FileNotFoundError, match=r"(?s)python -m uvimx.datasets "
+                     r"nyuv2_labeled.*MANUAL_DIR/train/000001.png"):
     input_pipeline.get_builder("nyuv2_labeled", str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"(?s)\['train', 'test'\].*"
                      "depth_gt_.*python -m uvimx.datasets nyuv2_labeled"):

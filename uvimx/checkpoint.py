@@ -31,7 +31,8 @@ def save_config(workdir, config):
   """Writes the run's config to WORKDIR/config.json (from process 0 only).
 
   The runs that load its checkpoints (e.g. stage II, which reads stage I's)
-  check with `run_config` that their copy of its model is the one trained.
+  check with `check_run_config` that their copy of its model is the one
+  trained.
   """
   if jax.process_index() == 0:
     workdir = epath.Path(workdir)

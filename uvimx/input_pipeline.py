@@ -54,8 +54,10 @@ def get_builder(name, data_dir=None):
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
         f"Unknown TFDS dataset {name!r} (config.input.data.name). uvimx's "
-        "built-in dataset is 'synthetic_scenes' (configs 64x64, 128x128, "
-        f"tiny); TFDS said: {str(e).splitlines()[0]}") from None
+        "own are 'synthetic_scenes' (configs 64x64, 128x128, tiny) and "
+        f"'nyuv2_labeled'; TFDS said: {str(e).splitlines()[0]}") from None
+  except AssertionError as e:  # TFDS' word for a version it does not have.
+    raise ValueError(f"TFDS dataset {name!r}: {e}") from None
   if builder.is_prepared():
     return builder
   # uvimx's rendered datasets download nothing: building them on first use
@@ -65,22 +67,30 @@ def get_builder(name, data_dir=None):
   ours = module.startswith("uvimx.datasets")
   if ours and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:
+      # Another process (a host of this job, or another run) built it at the
+      # same time and moved its copy into place first: use that one.
+      builder = tfds.builder(name, data_dir=data_dir)
+      if not builder.is_prepared():
+        raise
     return builder
   root = str(builder.data_dir_root)  # A path object's repr is no path.
   if ours:
     how = (f"`python -m uvimx.datasets {name} --data_dir={root} "
-           f"--manual_dir=DIR` (the files DIR must hold: {module})")
+           "--manual_dir=MANUAL_DIR` (laid out as below)")
   else:
     how = (f"`tfds.builder({name!r}, data_dir={root!r})"
            ".download_and_prepare()` (on a machine with internet access or "
            "the raw data; manual downloads go to "
            f"{os.path.join(root, 'downloads', 'manual')!r})")
+  layout = (f"\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}" if ours else "")
   raise FileNotFoundError(
       f"Dataset {name!r} is not prepared in the TFDS data dir {root!r}. "
       f"Build it once with {how}, or point "
       "config.input.data.data_dir (or $TFDS_DATA_DIR) to a dir that holds "
-      "it.")
+      f"it.{layout}")
 
 
 def _process_split(builder, split, process_index, process_count):
