@@ -22,6 +22,9 @@ then build once:
 
 A frame without a normals file gets missing normals everywhere. Depth is
 stored in millimetres, like synthetic_scenes (`decode_depth_png`'s default).
+Normals are stored in synthetic_scenes' camera frame (OpenCV's: x right,
+y down, z forward): the files' frame is x right, y forward, z up (a floor's
+normal is about (0, -0.2, 1) there; normals from the depth map agree).
 """
 import os
 import re
@@ -49,6 +52,18 @@ _MISSING_NORMAL = 127
 _LAYOUT = __doc__[__doc__.index("  MANUAL_DIR"):__doc__.index("(`tfds build")]
 
 
+def _to_camera_frame(normals):
+  """8-bit normals (x right, y forward, z up) -> (x right, y down, z forward).
+
+  (x, y, z) -> (x, -z, y); in 8 bits v = (n + 1) * 127.5, -n is 255 - v.
+  Missing normals stay (127, 127, 127).
+  """
+  x, y, z = np.moveaxis(normals, -1, 0)
+  converted = np.stack([x, 255 - z, y], axis=-1).astype(np.uint8)
+  missing = np.all(normals == _MISSING_NORMAL, axis=-1, keepdims=True)
+  return np.where(missing, normals, converted)
+
+
 def _read(path):
   with open(path, "rb") as f:
     return np.array(Image.open(f))
@@ -57,8 +72,12 @@ def _read(path):
 class Nyuv2Labeled(tfds.core.GeneratorBasedBuilder):
   """NYU Depth v2 labelled frames: image, depth, 40 classes, normals."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Normals in the camera frame of synthetic_scenes (x right, y "
+               "down, z forward), not the files' (x right, y forward, z up).",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = _LAYOUT
 
   def _info(self):
@@ -94,7 +113,8 @@ class Nyuv2Labeled(tfds.core.GeneratorBasedBuilder):
       path = lambda kind: os.path.join(folder, f"{kind}_{index}.png")
       depth = _read(path("depth_gt")).astype(np.float64)
       depth_mm = np.round(depth * 1000 / _DEPTH_UNITS_PER_M).astype(np.uint16)
-      normals = (_read(path("norm_gt")) if os.path.exists(path("norm_gt"))
+      normals = (_to_camera_frame(_read(path("norm_gt")))
+                 if os.path.exists(path("norm_gt"))
                  else np.full((HEIGHT, WIDTH, 3), _MISSING_NORMAL, np.uint8))
       yield index, {
           "image": _read(os.path.join(folder, name)),
