@@ -177,7 +177,6 @@ def train_and_evaluate(config, workdir):
         f"{checkpoint_steps or 'no'} steps: make it a multiple of "
         "config.checkpoint_steps.")
   sharding.check_batch_size(batch_size, mesh, "config.input.batch_size")
-  checkpoint.save_config(workdir, config)
 
   batch_spec = _batch_spec(train_ds, trainer)
   setup = train_state_lib.setup_train_state(
@@ -199,6 +198,9 @@ def train_and_evaluate(config, workdir):
         config.model_init, _variables(setup.abstract_state)))
   else:
     train_state = setup.init()
+  # Only now: a config that cannot restore the workdir's checkpoint must not
+  # replace the config.json of the run that wrote it.
+  checkpoint.save_config(workdir, config)
   last_checkpoint = start_step or "none"
 
   train_step = train_state_lib.jit_train_step(trainer, setup, mesh)

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 
 from configs import synthetic_baseline
+from uvimx import checkpoint
 from uvimx import input_pipeline
 from uvimx import sharding
 from uvimx import train_state
@@ -130,6 +131,9 @@ def test_workdir_and_step_mistakes_raise(tfds_data_dir, tmp_path):
                      r"config \(8, 8, 3, 64\)"):
     train.train_and_evaluate(wider, workdir)
   assert checkpoint_steps(workdir) == [3]
+  # The run's config.json still says what trained the checkpoint.
+  assert checkpoint.run_config(
+      os.path.join(workdir, "checkpoints", "3"))["model"]["width"] == 32
   with pytest.raises(ValueError, match="total_steps=-1 must be >= 0"):
     train.train_and_evaluate(config(total_steps=-1), str(tmp_path / "new"))
   # An eval pp giving another image size: found at startup, not mid-run.
