@@ -32,6 +32,9 @@ def test_silog_hand_computed():
   # lam = 1, scale 1: 1.5 - 0.25 = 1.25 -> ln2 * sqrt(1.25).
   np.testing.assert_allclose(losses.silog(pred, gt, ALL, lam=1.0, scale=1.0),
                              [LN2 * np.sqrt(1.25)], rtol=1e-6)
+  # lam = 7 would give 1.5 - 7 / 4 < 0 under the root.
+  with pytest.raises(ValueError, match=r"lam .*in \[0, 1\]; got 7"):
+    losses.silog(pred, gt, ALL, lam=7)
   # Column 0 only: g = ln2 * (1, 0): mean(g^2) = ln2^2 / 2, mean(g) = ln2 / 2
   # -> 0.5 - 0.85 / 4 = 0.2875. Garbage at column 1 changes nothing.
   expected = 10 * LN2 * np.sqrt(0.2875)

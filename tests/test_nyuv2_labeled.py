@@ -110,6 +110,25 @@ def test_pp_reads_metres_and_missing_normals(data_dir):
   assert np.all(out["normals"].numpy() == 0)
 
 
+def test_labels_outside_nyu40_are_refused(tmp_path):
+  # Labels 1..40 with 0 unlabelled (another common release): 39 -> 40.
+  for split, index in (("train", "000433"), ("test", "000464")):
+    os.makedirs(tmp_path / "manual" / split)
+    for name in os.listdir(NYU):
+      if index in name:
+        shutil.copy(os.path.join(NYU, name), tmp_path / "manual" / split)
+  segm = tmp_path / "manual" / "train" / "segm_gt_000433.png"
+  labels = np.array(Image.open(segm))
+  Image.fromarray(np.where(labels == 255, 0, labels + 1).astype(
+      np.uint8)).save(segm)
+  with pytest.raises(ValueError, match=r"segm_gt_000433.png holds labels "
+                     r"\[40\]: NYU-40 labels are 0..39"):
+    nyuv2_labeled.Nyuv2Labeled(
+        data_dir=str(tmp_path / "tfds")).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=str(tmp_path / "manual")))
+
+
 def test_missing_manual_files_say_where_to_put_them(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"(?s)python -m uvimx.datasets "
                      r"nyuv2_labeled.*MANUAL_DIR/train/000001.png"):

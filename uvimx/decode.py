@@ -218,7 +218,9 @@ def sample(model, params, images, seeds, *, num_samples=1, temperature=0.0,
       before the temperature and the filters.
     soft_tokens: AiT's soft tokens: the input for position t + 1 is the
       (restricted, untempered) probability vector of position t, not the
-      drawn token. Needs `cached`.
+      drawn token. Needs `cached`. One-pass models (non-autoregressive,
+      AiT-P), whose inputs depend on no output, ignore it and
+      `first_tokens`.
     with_logits: also return the model's logits of every position, before
       `position_ranges`, so that a caller can score the drawn token against
       tokens the ranges left out (AiT's instance class against noise).

@@ -77,6 +77,9 @@ def silog(pred, gt, valid, lam=0.85, scale=10.0):
   Returns:
     (B,) losses.
   """
+  if not 0 <= lam <= 1:  # Above 1 the root's argument can go negative.
+    raise ValueError(f"silog's lam weighs the squared mean, in [0, 1]; got "
+                     f"{lam}.")
   g = _log_ratio(pred, gt, valid)
   mean = common.masked_mean(g, valid, axis=_AXES)
   var = common.masked_mean((g - mean[:, None, None]) ** 2, valid, axis=_AXES)

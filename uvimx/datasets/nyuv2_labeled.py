@@ -116,10 +116,18 @@ class Nyuv2Labeled(tfds.core.GeneratorBasedBuilder):
       normals = (_to_camera_frame(_read(path("norm_gt")))
                  if os.path.exists(path("norm_gt"))
                  else np.full((HEIGHT, WIDTH, 3), _MISSING_NORMAL, np.uint8))
+      semantics = _read(path("segm_gt"))
+      unknown = sorted(set(np.unique(semantics).tolist())
+                       - set(range(len(CLASS_NAMES))) - {IGNORE_LABEL})
+      if unknown:
+        raise ValueError(
+            f"{path('segm_gt')} holds labels {unknown}: NYU-40 "
+            f"labels are 0..{len(CLASS_NAMES) - 1}, {IGNORE_LABEL} unlabelled "
+            "(files with 1..40 and 0 unlabelled need 1 subtracted, 0 -> 255).")
       yield index, {
           "image": _read(os.path.join(folder, name)),
           "depth": depth_mm[..., None],
-          "semantics": _read(path("segm_gt"))[..., None],
+          "semantics": semantics[..., None],
           "normals": normals,
           "image/id": int(index),
       }
