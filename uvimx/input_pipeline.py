@@ -63,8 +63,7 @@ def get_builder(name, data_dir=None):
   # uvimx's rendered datasets download nothing: building them on first use
   # keeps "train on synthetic_scenes" a single command. Those made from
   # manually downloaded files (nyuv2_labeled) are built once by the user.
-  module = type(builder).__module__
-  ours = module.startswith("uvimx.datasets")
+  ours = type(builder).__module__.startswith("uvimx.datasets")
   if ours and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     logging.info("Building %s in %s (first use).", name, builder.data_dir)
     try:
@@ -80,12 +79,13 @@ def get_builder(name, data_dir=None):
   if ours:
     how = (f"`python -m uvimx.datasets {name} --data_dir={root} "
            "--manual_dir=MANUAL_DIR` (laid out as below)")
+    layout = f"\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
   else:
     how = (f"`tfds.builder({name!r}, data_dir={root!r})"
            ".download_and_prepare()` (on a machine with internet access or "
            "the raw data; manual downloads go to "
            f"{os.path.join(root, 'downloads', 'manual')!r})")
-  layout = (f"\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}" if ours else "")
+    layout = ""
   raise FileNotFoundError(
       f"Dataset {name!r} is not prepared in the TFDS data dir {root!r}. "
       f"Build it once with {how}, or point "
